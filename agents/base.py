@@ -1,0 +1,92 @@
+"""The agent contract: one abstract method, ``answer``, plus capabilities as class attributes.
+
+An *agent* is a kind of generator (RAG-only, closed-book, …). An *arm* is a configured instance of
+an agent (model, adapter, top-k, prompt), declared in configuration; the bandit chooses among arms.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from agents import prompts
+from core.config import ArmConfig
+from core.text import attribute_citations
+from core.types import Hit, Message, Usage
+
+if TYPE_CHECKING:
+    from core.models.base import ChatModel
+    from core.retrieval import Retriever
+
+
+@dataclass
+class Answer:
+    text: str
+    cited_ids: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    details: dict[str, Any] = field(default_factory=dict)
+    """Agent-specific trace (expert gate, hops, …), stored with the interaction."""
+
+
+@dataclass
+class AgentContext:
+    """What an agent may use while answering; built per request by the graph."""
+
+    model: ChatModel | None
+    retriever: Retriever | None = None
+    history: list[Message] = field(default_factory=list)
+    on_token: Callable[[str], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Agent(ABC):
+    name: ClassVar[str]
+    """The agent type's registered name (lowercase, unique)."""
+    needs_retrieval: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = True
+    adapters: ClassVar[tuple[str, ...]] = ()
+    default_system_prompt: ClassVar[str] = prompts.RAG_SYSTEM
+    description: ClassVar[str] = ""
+
+    def __init__(self, arm: ArmConfig) -> None:
+        self.arm = arm
+
+    @abstractmethod
+    def answer(self, question: str, passages: list[Hit], ctx: AgentContext) -> Answer:
+        """Answer ``question``; ``passages`` are already retrieved (empty if none were found)."""
+
+    # -- shared helpers ----------------------------------------------------------------------------
+    @property
+    def system_prompt(self) -> str:
+        return self.arm.prompt or self.default_system_prompt
+
+    def top(self, passages: list[Hit]) -> list[Hit]:
+        return passages[: self.arm.top_k] if self.arm.top_k else passages
+
+    @staticmethod
+    def format_passages(passages: list[Hit]) -> str:
+        if not passages:
+            return prompts.NO_PASSAGES
+        return "\n".join(
+            prompts.PASSAGE.format(n=i, title=h.passage.title or "untitled", text=h.passage.text)
+            for i, h in enumerate(passages, 1)
+        )
+
+    def chat(self, user: str, ctx: AgentContext) -> list[Message]:
+        """System prompt, the thread's earlier turns, then this turn."""
+        return [Message("system", self.system_prompt), *ctx.history, Message("user", user)]
+
+    def generate(self, messages: list[Message], ctx: AgentContext) -> tuple[str, Usage]:
+        gen = ctx.model.generate(
+            messages, adapter=self.arm.adapter, on_token=ctx.on_token, cancel=ctx.cancel
+        )
+        if gen.finish_reason == "cancelled":
+            raise TimeoutError(f"arm {self.arm.name!r} was cancelled before it finished")
+        return gen.text.strip(), gen.usage
+
+    @staticmethod
+    def cite(text: str, passages: list[Hit]) -> list[str]:
+        return attribute_citations(text, [(h.passage.id, h.passage.text) for h in passages])

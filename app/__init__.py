@@ -1,0 +1,1 @@
+"""What people touch: the CLI, the LangGraph question graph and the Streamlit UI."""

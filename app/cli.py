@@ -1,0 +1,265 @@
+"""The ``armada`` command line.
+
+armada prepare                 convert the packaged model once (cached under data/models)
+armada ingest PATH… | --demo   add files/folders (JSONL, TXT, Markdown) or the demo corpus
+armada ask "question" [--arm NAME] [--json] [--thread ID]
+armada ui [streamlit options]  the chat app (e.g. --server.port 8502)
+armada doctor                  model, corpus, database and versions
+armada arms                    configured arms and their status
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.config import Settings, load_settings
+from core.errors import ArmadaError
+
+app = typer.Typer(
+    help="Armada: run, compare and improve question-answering agents on your own documents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+UI_ENTRY = Path(__file__).resolve().parent / "ui" / "Chat.py"
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # Offline by default: a hub lookup would stall for about a minute on this network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+@app.command()
+def prepare() -> None:
+    """Prepare every local model the configured arms use (the GGUF is converted once)."""
+    from core.models.convert import ensure_local_model
+
+    s = _settings()
+    for name, cfg in s.models.items():
+        if cfg.backend != "local":
+            continue
+        with console.status(f"preparing model {name!r} (first time: about a minute)…"):
+            path = ensure_local_model(cfg.model, s.model_cache_dir)
+        console.print(f"model [bold]{name}[/]: {path}")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="The packaged Wikipedia summaries")] = False,
+    limit: Annotated[int | None, typer.Option(help="Demo: only the first N summaries")] = None,
+) -> None:
+    """Add documents to the corpus; unchanged files are skipped and nothing is re-embedded."""
+    from core.retrieval import ingest_demo, ingest_paths
+
+    if not paths and not demo:
+        raise ArmadaError("give one or more files/folders, or --demo")
+    s = _settings()
+    with _progress() as bar:
+        task = bar.add_task("ingesting", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        reports = []
+        if demo:
+            reports.append(ingest_demo(s, limit=limit, progress=progress))
+        if paths:
+            reports.append(ingest_paths(s, list(paths), progress=progress))
+    for r in reports:
+        console.print(
+            f"documents: +{r.documents_added} new, {r.documents_updated} updated, "
+            f"{r.documents_unchanged} unchanged; passages: +{r.passages_added}, "
+            f"embedded {r.passages_embedded}"
+        )
+        for path, msg in r.errors:
+            console.print(f"[yellow]skipped[/] {path}: {msg}")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question")],
+    arm: Annotated[str | None, typer.Option(help="Pin an arm instead of routing")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, no streaming")] = False,
+    thread: Annotated[str | None, typer.Option(help="Continue a conversation thread")] = None,
+) -> None:
+    """Ask a question: streams the answer, then its sources."""
+    from app.runtime import Armada
+
+    rt = Armada(_settings())
+    try:
+        if as_json:
+            res = rt.ask(question, arm=arm, thread_id=thread)
+            out.print_json(json.dumps(res.to_dict(), default=str))
+            return
+        res = rt.ask(
+            question,
+            arm=arm,
+            thread_id=thread,
+            on_token=lambda t: (sys.stdout.write(t), sys.stdout.flush()),
+            on_reset=lambda a: sys.stdout.write(f"\n[arm {a} failed; falling back]\n"),
+        )
+        sys.stdout.write("\n")
+        _print_sources(res)
+    finally:
+        rt.close()
+
+
+def _print_sources(res: Any) -> None:
+    note = f"arm={res.arm} policy={res.policy} p={res.propensity:.2f}"
+    if res.fallback_from:
+        note += f" (fallback from {res.fallback_from}: {res.error})"
+    out.print(f"[dim]{note} · {res.latency_ms.get('total', 0):.0f} ms · {res.interaction_id}[/]")
+    sources = res.sources or []
+    if not sources:
+        out.print("[dim]no cited sources[/]")
+    for i, h in enumerate(sources, 1):
+        snippet = h.passage.text[:160].replace("\n", " ")
+        out.print(f"[{i}] [bold]{h.passage.title}[/] ({h.passage.id}): {snippet}…", markup=True)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def ui(ctx: typer.Context) -> None:
+    """Start the Streamlit app; extra options go to Streamlit (e.g. --server.port 8502)."""
+    from streamlit.web import cli as stcli
+
+    sys.argv = ["streamlit", "run", str(UI_ENTRY), *ctx.args]
+    raise SystemExit(stcli.main())
+
+
+@app.command()
+def doctor() -> None:
+    """Check the model, corpus, database and library versions."""
+    import importlib.metadata as md
+
+    from core import packaged
+
+    s = _settings()
+    table = Table("check", "status", "detail", title="armada doctor")
+    ok = True
+
+    def row(name: str, fn: Any) -> None:
+        nonlocal ok
+        try:
+            table.add_row(name, "[green]ok[/]", str(fn()))
+        except Exception as e:
+            ok = False
+            table.add_row(name, "[red]problem[/]", f"{type(e).__name__}: {e}")
+
+    row("home", lambda: s.home)
+    row("packaged generator", packaged.smollm2_gguf)
+    row("packaged embedder", packaged.minilm_dir)
+    row("demo corpus", packaged.wiki_summaries)
+
+    def database() -> str:
+        from core.store import Store
+
+        st = Store(s.db_url, s.store.busy_timeout_ms)
+        try:
+            return f"{s.db_url} · migrations {st.applied_migrations()} · {st.integrity_check()}"
+        finally:
+            st.close()
+
+    def corpus() -> str:
+        from core.retrieval import Retriever
+
+        stats = Retriever(s).stats()
+        if not stats.get("passages"):
+            raise ArmadaError(
+                "the corpus is empty: run `armada ingest --demo` or `armada ingest PATH`"
+            )
+        return json.dumps(stats, default=str)
+
+    def model() -> str:
+        from core.models.convert import ensure_local_model
+
+        cfg = s.models["default"]
+        if cfg.backend != "local":
+            return f"openai-compatible {cfg.base_url} model={cfg.model}"
+        marker = ensure_local_model(cfg.model, s.model_cache_dir)
+        return str(marker)
+
+    row("database", database)
+    row("corpus", corpus)
+    row("default model", model)
+    versions = []
+    for dist in ("torch", "transformers", "peft", "langgraph", "chromadb", "bm25s", "streamlit"):
+        try:
+            versions.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            versions.append(f"{dist} missing")
+    table.add_row("versions", "", ", ".join(versions))
+    out.print(table)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def arms() -> None:
+    """Configured arms with their agent, model, adapter and status."""
+    from core.store import Store
+
+    s = _settings()
+    st = Store(s.db_url, s.store.busy_timeout_ms)
+    status = {a.name: a for a in st.arms()}
+    table = Table("arm", "agent", "model", "adapter", "status")
+    for a in s.arms:
+        row = status.get(a.name)
+        state = row.status + (f": {row.reason}" if row and row.reason else "") if row else "new"
+        table.add_row(a.name, a.agent, a.model, a.adapter or "", state)
+    out.print(table)
+
+
+def main() -> None:
+    """Console entry point: errors meant for people print as one line, not a traceback."""
+    try:
+        app()
+    except ArmadaError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise SystemExit(2) from None
+    except ValueError as e:  # pydantic validation of settings and similar
+        console.print(f"[red]error:[/] {e}")
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

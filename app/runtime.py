@@ -1,0 +1,221 @@
+"""``Armada``: the services one process needs (store, retriever, models, agents, policy, graph).
+
+Everything heavy is built lazily and once: opening Armada touches only SQLite; the retriever,
+the embedding model and the generator load on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agents.base import Agent
+from agents.plugins import load_agents
+from app.state import fresh_turn
+from core.config import Settings, load_settings
+from core.errors import InputError, PluginError
+from core.store import Store
+from core.text import clean_question
+from core.types import Hit
+from routers import Policy, build_policy
+
+if TYPE_CHECKING:
+    from core.models.base import ChatModel
+    from core.retrieval import Retriever
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AskResult:
+    interaction_id: str
+    thread_id: str
+    question: str
+    arm: str
+    answer: str
+    status: str
+    policy: str
+    propensity: float
+    hits: list[Hit] = field(default_factory=list)
+    cited_ids: list[str] = field(default_factory=list)
+    error: str = ""
+    fallback_from: str | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    route_context: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[Hit]:
+        """Cited passages in citation order (the retrieved ones when nothing was cited)."""
+        by_id = {h.passage.id: h for h in self.hits}
+        return [by_id[i] for i in self.cited_ids if i in by_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "hits"}
+        d["passages"] = [h.to_dict() for h in self.hits]
+        return d
+
+
+class Armada:
+    def __init__(self, settings: Settings | None = None, extra_plugins: list | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.store = Store(self.settings.db_url, self.settings.store.busy_timeout_ms)
+        self.agent_classes = load_agents(extra_plugins)
+        for arm in self.settings.arms:
+            if arm.agent not in self.agent_classes:
+                raise PluginError(
+                    f"arm {arm.name!r} uses agent {arm.agent!r}, which no plugin provides; "
+                    f"known agents: {sorted(self.agent_classes)}"
+                )
+        self.store.sync_arms([a.model_dump() for a in self.settings.arms])
+        self._agents: dict[str, Agent] = {}
+        self._retriever: Retriever | None = None
+        self._graph: Any = None
+        self._checkpointer: Any = None
+        self._policy: Policy | None = None
+        self._policy_arms: tuple[str, ...] = ()
+
+    # -- services ---------------------------------------------------------------------------------
+    @property
+    def retriever(self) -> Retriever:
+        if self._retriever is None:
+            from core.retrieval import Retriever
+
+            self._retriever = Retriever(self.settings)
+        return self._retriever
+
+    def retrieve(self, question: str) -> list[Hit]:
+        return self.retriever.search(question)
+
+    def model(self, name: str = "default") -> ChatModel:
+        from core.models import get_model
+
+        return get_model(self.settings, name)
+
+    def agent(self, arm: str) -> Agent:
+        if arm not in self._agents:
+            cfg = self.settings.arm(arm)
+            self._agents[arm] = self.agent_classes[cfg.agent](cfg)
+        return self._agents[arm]
+
+    def enabled_arms(self) -> list[str]:
+        usable = {a.name for a in self.store.arms() if a.enabled and a.status == "ok"}
+        return [a.name for a in self.settings.arms if a.enabled and a.name in usable]
+
+    def policy(self) -> Policy:
+        arms = tuple(self.enabled_arms())
+        if self._policy is None or arms != self._policy_arms:
+            r = self.settings.router
+            self._policy = build_policy(r.policy, arms, arm=r.arm, seed=r.seed)
+            self._policy_arms = arms
+        return self._policy
+
+    def route_context(self, question: str) -> dict[str, Any]:
+        # The bandit issue replaces this with the prototype-embedding category classifier.
+        return {"category": "general"}
+
+    def fallback_arm(self, exclude: str) -> str | None:
+        enabled = self.enabled_arms()
+        preferred = self.settings.router.fallback_arm
+        if preferred != exclude and preferred in enabled:
+            return preferred
+        return next((a for a in enabled if a != exclude), None)
+
+    @property
+    def graph(self) -> Any:
+        if self._graph is None:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            from app.graph import build_graph
+
+            path = self.settings.checkpoint_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._checkpointer = SqliteSaver(conn)
+            self._checkpointer.setup()
+            self._graph = build_graph(self, checkpointer=self._checkpointer)
+        return self._graph
+
+    # -- asking -------------------------------------------------------------------------------------
+    def check_arm(self, arm: str) -> str:
+        known = [a.name for a in self.settings.arms]
+        if arm not in known:
+            raise InputError(f"unknown arm {arm!r}; configured arms: {known}")
+        if arm not in self.enabled_arms():
+            row = next((a for a in self.store.arms() if a.name == arm), None)
+            why = f": {row.reason}" if row and row.reason else ""
+            raise InputError(f"arm {arm!r} is disabled{why}")
+        return arm
+
+    def ask(
+        self,
+        question: str,
+        arm: str | None = None,
+        thread_id: str | None = None,
+        on_token: Callable[[str], None] | None = None,
+        on_reset: Callable[[str], None] | None = None,
+    ) -> AskResult:
+        """Answer one question through the graph; tokens go to ``on_token`` as they come."""
+        for event in self.ask_stream(question, arm=arm, thread_id=thread_id):
+            if "token" in event and on_token:
+                on_token(event["token"])
+            elif "reset" in event and on_reset:
+                on_reset(event["reset"])
+            elif "result" in event:
+                return event["result"]
+        raise RuntimeError("the graph ended without a result")  # pragma: no cover
+
+    def ask_stream(
+        self, question: str, arm: str | None = None, thread_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield ``{"token": …}`` and ``{"reset": arm}`` events, then ``{"result": AskResult}``."""
+        q = clean_question(question, self.settings.limits.max_question_chars)
+        if arm:
+            self.check_arm(arm)
+        thread_id = thread_id or str(uuid.uuid4())
+        config = {"configurable": {"thread_id": thread_id}}
+        final: dict[str, Any] = {}
+        for mode, chunk in self.graph.stream(
+            fresh_turn(q, arm), config, stream_mode=["custom", "values"]
+        ):
+            if mode == "custom":
+                yield chunk
+            else:
+                final = chunk
+        yield {"result": self._result(final, thread_id)}
+
+    def _result(self, s: dict[str, Any], thread_id: str) -> AskResult:
+        return AskResult(
+            interaction_id=s["interaction_id"],
+            thread_id=thread_id,
+            question=s["question"],
+            arm=s["arm"],
+            answer=s.get("answer", ""),
+            status=s.get("status", "ok"),
+            policy=s.get("policy", ""),
+            propensity=float(s.get("propensity", 1.0)),
+            hits=[Hit.from_dict(h) for h in s.get("hits", [])],
+            cited_ids=list(s.get("cited_ids", [])),
+            error=s.get("error", ""),
+            fallback_from=s.get("fallback_from"),
+            latency_ms=dict(s.get("latency_ms", {})),
+            usage=dict(s.get("usage", {})),
+            route_context=dict(s.get("route_context", {})),
+            details=dict(s.get("details", {})),
+        )
+
+    def thread_history(self, thread_id: str) -> list[dict[str, Any]]:
+        """The turns of a conversation thread, from the checkpointer."""
+        snap = self.graph.get_state({"configurable": {"thread_id": thread_id}})
+        return list((snap.values or {}).get("history", [])) if snap else []
+
+    def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.conn.close()
+        self.store.close()

@@ -1,0 +1,1 @@
+"""Shared infrastructure: config, store, retrieval, models, text utilities. Imports nothing above it."""

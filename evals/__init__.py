@@ -1,0 +1,1 @@
+"""Evaluation: metrics, judges, the A/B harness and speed benchmarks (``evals/bench``)."""
