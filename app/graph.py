@@ -13,6 +13,7 @@ Run it: ``armada ask "…"``, or ``Armada(settings).ask("…")`` from Python.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import resource
 import threading
@@ -217,7 +218,8 @@ def run_arm(
     passages = hits if agent.needs_retrieval else []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"arm-{arm}")
     try:
-        fut = pool.submit(agent.answer, question, passages, ctx)
+        # The stream writer reads LangGraph's run context from contextvars: carry them over.
+        fut = pool.submit(contextvars.copy_context().run, agent.answer, question, passages, ctx)
         try:
             return fut.result(timeout=rt.settings.router.arm_timeout_s)
         except FuturesTimeout:

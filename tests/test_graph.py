@@ -58,7 +58,7 @@ def test_answer_is_streamed_and_recorded(settings):
     row = rt.store.interaction(res.interaction_id)
     assert row.arm == "echo" and row.status == "ok" and row.thread_id == res.thread_id
     assert set(row.latency_ms) >= {"retrieve", "route", "generate", "total"}
-    assert row.completion_tokens == 3
+    assert (row.prompt_tokens, row.completion_tokens) == (3, 4)
     d = rt.store.decision_for(res.interaction_id)
     assert (d.policy, d.arm, d.propensity) == ("fixed", "echo", 1.0)
 
