@@ -1,6 +1,16 @@
 """Routing policies (bandits) that choose an arm per question and learn from rewards."""
 
-from routers import simple  # noqa: F401 - registers the built-in policies
+# Importing a policy module registers it.
+from routers import egreedy, linucb, simple, thompson, ucb  # noqa: F401
 from routers.base import POLICIES, Context, NoArmAvailable, Policy, build_policy
+from routers.stats import BanditPolicy, UnknownArm
 
-__all__ = ["POLICIES", "Context", "NoArmAvailable", "Policy", "build_policy"]
+__all__ = [
+    "POLICIES",
+    "BanditPolicy",
+    "Context",
+    "NoArmAvailable",
+    "Policy",
+    "UnknownArm",
+    "build_policy",
+]
