@@ -6,8 +6,10 @@ the embedding model and the generator load on first use.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,15 +21,22 @@ from app.state import fresh_turn
 from core.config import Settings, load_settings
 from core.errors import InputError, PluginError
 from core.store import Store
+from core.store.feedback import VoteResult
 from core.text import clean_question
 from core.types import Hit
 from routers import Policy, build_policy
+from routers.categories import CategoryClassifier
+from routers.linucb import project
+from routers.rewards import reward_function
 
 if TYPE_CHECKING:
     from core.models.base import ChatModel
     from core.retrieval import Retriever
 
 log = logging.getLogger(__name__)
+
+EMBED_DIM = 32
+"""Size of the query-embedding projection stored in each route decision (LinUCB's context)."""
 
 
 @dataclass
@@ -79,6 +88,9 @@ class Armada:
         self._checkpointer: Any = None
         self._policy: Policy | None = None
         self._policy_arms: tuple[str, ...] = ()
+        self._policy_seq = -1
+        self._policy_lock = threading.RLock()
+        self._classifier: CategoryClassifier | None = None
 
     # -- services ---------------------------------------------------------------------------------
     @property
@@ -108,16 +120,79 @@ class Armada:
         return [a.name for a in self.settings.arms if a.enabled and a.name in usable]
 
     def policy(self) -> Policy:
-        arms = tuple(self.enabled_arms())
-        if self._policy is None or arms != self._policy_arms:
-            r = self.settings.router
-            self._policy = build_policy(r.policy, arms, arm=r.arm, seed=r.seed)
-            self._policy_arms = arms
-        return self._policy
+        """The routing policy, its state the fold of the stored votes (rebuilt when they change)."""
+        with self._policy_lock:
+            arms = tuple(self.enabled_arms())
+            seq = self.store.feedback_seq()
+            if self._policy is None or (arms, seq) != (self._policy_arms, self._policy_seq):
+                self._policy = self._build_policy(arms)
+                if hasattr(self._policy, "rebuild"):
+                    events = self.store.feedback_events()
+                    self._policy.rebuild((e.arm, e.context, e.reward) for e in events)
+                self._policy_arms, self._policy_seq = arms, seq
+            return self._policy
+
+    def _build_policy(self, arms: tuple[str, ...]) -> Policy:
+        r = self.settings.router
+        opts = dict(r.options)
+        if r.policy == "fixed":
+            opts.setdefault("arm", r.arm)
+        priors = {a.name: a.prior for a in self.settings.arms if a.prior is not None}
+        if priors and r.policy not in ("fixed", "uniform"):
+            opts["priors"] = {**priors, **opts.get("priors", {})}
+        return build_policy(r.policy, arms, seed=r.seed, **opts)
+
+    @property
+    def classifier(self) -> CategoryClassifier:
+        if self._classifier is None:
+            from core.retrieval import embed_texts
+
+            embed = functools.partial(embed_texts, self.settings)
+            self._classifier = CategoryClassifier(embed, self.settings.router.categories)
+        return self._classifier
 
     def route_context(self, question: str) -> dict[str, Any]:
-        # The bandit issue replaces this with the prototype-embedding category classifier.
-        return {"category": "general"}
+        """The bandit's context: the question's category and a 32-d projection of its embedding."""
+        if not self.settings.router.classify:
+            return {"category": "general"}
+        try:
+            emb = self.classifier.embed([question])[0]
+            return {
+                "category": self.classifier.classify(question, emb),
+                "embedding": [round(float(x), 5) for x in project(emb, EMBED_DIM)],
+            }
+        except Exception as e:  # no embedder: route without a category rather than fail
+            log.warning("cannot classify the question: %s", e)
+            return {"category": "general"}
+
+    def feedback(
+        self,
+        interaction_id: str,
+        score: float,
+        feedback_id: str | None = None,
+        voter: str = "",
+        comment: str = "",
+    ) -> VoteResult:
+        """Store a vote; the arm statistics move in the same transaction, then the policy learns."""
+        res = self.store.add_feedback(
+            feedback_id or str(uuid.uuid4()),
+            interaction_id,
+            score,
+            voter=voter,
+            comment=comment,
+            max_comment_chars=self.settings.limits.max_comment_chars,
+            reward_fn=reward_function(self.settings.router.reward),
+        )
+        with self._policy_lock:
+            pol = self._policy
+            fresh = res.created and res.replaced is None and res.seq == self._policy_seq + 1
+            if pol is not None and fresh and hasattr(pol, "update"):
+                f = res.feedback
+                ctx = self.store.decision_context(interaction_id)
+                if f.arm in pol.arms:
+                    pol.update(f.arm, ctx, f.reward)
+                self._policy_seq = res.seq
+        return res
 
     def fallback_arm(self, exclude: str) -> str | None:
         enabled = self.enabled_arms()

@@ -102,6 +102,8 @@ class ArmConfig(BaseModel):
     prompt: str | None = None
     """Overrides the agent's system prompt."""
     enabled: bool = True
+    prior: float | None = Field(None, ge=0.0, le=1.0)
+    """An offline score in [0, 1] the bandit starts this arm from (e.g. from its evaluation)."""
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name", "agent")
@@ -110,8 +112,28 @@ class ArmConfig(BaseModel):
         return check_name(v, "arm/agent name")
 
 
+class RewardConfig(BaseModel):
+    """How a vote becomes the bandit's reward. Cost-aware reward is off by default.
+
+    reward = clip(score − cost_weight × cost, 0, 1), where cost is the interaction's total latency
+    in seconds (``cost = "latency_s"``) or its tokens in thousands (``cost = "ktokens"``).
+    """
+
+    cost_weight: float = Field(0.0, ge=0.0)
+    cost: Literal["latency_s", "ktokens"] = "latency_s"
+
+
 class RouterConfig(BaseModel):
-    policy: Literal["fixed", "uniform"] = "fixed"
+    policy: str = "fixed"
+    """fixed | uniform | thompson | ucb1 | egreedy | linucb (see ``routers/``)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the policy, e.g. ``{priors = {rag = [3, 1]}, discount = 0.99}`` for thompson."""
+    categories: dict[str, list[str]] | None = None
+    """Category → example questions or descriptions; default: multi_hop, long_tail, biomedical,
+    general (``routers/categories.py``)."""
+    classify: bool = True
+    """Embed each question to find its category (the bandit's context)."""
+    reward: RewardConfig = RewardConfig()
     arm: str = "rag"
     """The arm the fixed policy always picks."""
     fallback_arm: str = "closed_book"
@@ -123,6 +145,7 @@ class RouterConfig(BaseModel):
 class LimitsConfig(BaseModel):
     max_question_chars: int = Field(4000, ge=1)
     max_ingest_file_bytes: int = Field(50_000_000, ge=1)
+    max_comment_chars: int = Field(10_000, ge=0)
 
 
 def _default_arms() -> list[ArmConfig]:

@@ -81,16 +81,35 @@ def test_interaction_and_decision_are_one_transaction(tmp_path):
 def test_feedback_is_idempotent_by_id_and_one_vote_per_voter(tmp_path):
     st = Store(_url(tmp_path))
     i = Interaction(question="q", arm="rag", answer="a")
-    st.record_interaction(i, None)
-    _, created = st.add_feedback("f1", i.id, 1.0, voter="v")
-    assert created
-    _, created = st.add_feedback("f1", i.id, 1.0, voter="v")
-    assert not created
+    d = RouteDecision(
+        interaction_id="", policy="p", arm="rag", propensity=1, context={"category": "bio"}
+    )
+    st.record_interaction(i, d)
+    r = st.add_feedback("f1", i.id, 1.0, voter="v")
+    assert r.created and r.seq == 1 and r.feedback.category == "bio"
+    r = st.add_feedback("f1", i.id, 1.0, voter="v")
+    assert not r.created and r.seq == 1
     with pytest.raises(InputError, match="already used"):
         st.add_feedback("f1", i.id, 0.0, voter="v")
-    st.add_feedback("f2", i.id, 0.0, voter="v")  # changed vote replaces the old one
-    votes = st.feedback_for(i.id)
-    assert [(f.id, f.score) for f in votes] == [("f2", 0.0)]
+    r = st.add_feedback("f2", i.id, 0.0, voter="v")  # changed vote replaces the old one
+    assert r.replaced.id == "f1" and r.seq == 2
+    assert [(f.id, f.score) for f in st.feedback_for(i.id)] == [("f2", 0.0)]
+    st.add_feedback("f3", i.id, 1.0, voter="w")
+    assert st.arm_stats() == {("rag", "bio"): (2, 1.0, 1.0)} == st.recompute_arm_stats()
+    assert [(e.arm, e.context, e.reward) for e in st.feedback_events()] == [
+        ("rag", {"category": "bio"}, 0.0),
+        ("rag", {"category": "bio"}, 1.0),
+    ]
+
+
+def test_cost_aware_reward_is_stored_with_the_vote(tmp_path):
+    st = Store(_url(tmp_path))
+    i = Interaction(question="q", arm="rag", answer="a", latency_ms={"total": 2000.0})
+    st.record_interaction(i, None)
+    fn = lambda inter, score: score - 0.1 * inter.latency_ms["total"] / 1000  # noqa: E731
+    r = st.add_feedback("f", i.id, 1.0, reward_fn=fn)
+    assert r.feedback.reward == pytest.approx(0.8)
+    assert st.arm_stats()[("rag", "*")][1] == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +120,8 @@ def test_feedback_is_idempotent_by_id_and_one_vote_per_voter(tmp_path):
         ({"score": -0.1}, "between 0 and 1"),
         ({"comment": "x" * 1_000_001}, "longer than"),
         ({"feedback_id": ""}, "feedback_id"),
+        ({"score": float("nan")}, "between 0 and 1"),
+        ({"score": "high"}, "must be a number"),
     ],
 )
 def test_bad_feedback_is_refused_and_nothing_stored(tmp_path, kwargs, match):

@@ -43,10 +43,10 @@ def _store_vote(interaction_id: str, key: str) -> None:
     comment = st.session_state.get(f"comment-{interaction_id}", "")
     try:
         # One vote per browser session and interaction: a changed vote keeps its id.
-        rt.store.add_feedback(
+        rt.feedback(
+            interaction_id,
+            float(value),
             feedback_id=f"ui-{st.session_state.voter}-{interaction_id}-{value}",
-            interaction_id=interaction_id,
-            score=float(value),
             voter=st.session_state.voter,
             comment=comment,
         )

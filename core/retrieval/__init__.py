@@ -10,6 +10,7 @@ Layout: ``text`` (tokenizer, chunker), ``loaders`` (files → documents), ``cata
 cheap: chromadb, torch and sentence-transformers load only when first needed.
 """
 
+from core.retrieval.dense import embed_texts
 from core.retrieval.fusion import Fused, reciprocal_rank_fusion
 from core.retrieval.ingest import IngestReport, ingest_demo, ingest_paths, refresh_indexes
 from core.retrieval.retriever import MODES, Retriever
@@ -17,6 +18,7 @@ from core.retrieval.text import chunk_text, tokenize
 
 __all__ = [
     "MODES",
+    "embed_texts",
     "Fused",
     "IngestReport",
     "Retriever",

@@ -262,3 +262,9 @@ class DenseIndex:
             if len(got) < page:
                 return ids
             offset += page
+
+
+def embed_texts(settings: Settings, texts: list[str]) -> Any:
+    """Normalised embeddings (numpy, float32) of ``texts`` with the configured embedding model."""
+    model = load_embedder(resolve_model_path(model_identity(settings)))
+    return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)

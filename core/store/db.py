@@ -21,7 +21,8 @@ from sqlmodel import Session, select
 
 from core.errors import InputError, StoreError
 from core.store import migrations
-from core.store.tables import Arm, Feedback, Interaction, RouteDecision, utcnow
+from core.store.feedback import FeedbackMixin
+from core.store.tables import Arm, Interaction, RouteDecision, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _sqlite_engine(url: str, busy_timeout_ms: int, immediate: bool) -> Engine:
     return engine
 
 
-class Store:
+class Store(FeedbackMixin):
     """Open (and migrate) the database at ``url``."""
 
     def __init__(self, url: str, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
@@ -157,65 +158,11 @@ class Store:
             q = select(RouteDecision).where(RouteDecision.interaction_id == interaction_id)
             return s.exec(q).first()
 
+    def decision_context(self, interaction_id: str) -> dict[str, Any]:
+        d = self.decision_for(interaction_id)
+        return dict(d.context) if d else {}
+
     def recent_interactions(self, limit: int = 50) -> list[Interaction]:
         with self.session() as s:
             q = select(Interaction).order_by(Interaction.created_at.desc()).limit(limit)
             return list(s.exec(q))
-
-    # -- feedback ---------------------------------------------------------------------------------
-    def add_feedback(
-        self,
-        feedback_id: str,
-        interaction_id: str,
-        score: float,
-        voter: str = "",
-        comment: str = "",
-        max_comment_chars: int = 10_000,
-    ) -> tuple[Feedback, bool]:
-        """Store a vote idempotently. Returns (row, created).
-
-        The same id with the same content is a no-op; the same id with other content is an error;
-        a new vote by the same (non-empty) voter on the same interaction replaces their old one.
-        """
-        if not feedback_id or len(feedback_id) > 128:
-            raise InputError("feedback_id must be 1–128 characters")
-        if not (0.0 <= float(score) <= 1.0):
-            raise InputError(f"score must be between 0 and 1, got {score}")
-        if len(comment) > max_comment_chars:
-            raise InputError(f"comment is longer than {max_comment_chars} characters")
-        with self.write() as s:
-            if s.get(Interaction, interaction_id) is None:
-                raise InputError(f"unknown interaction {interaction_id!r}")
-            old = s.get(Feedback, feedback_id)
-            if old is not None:
-                same = (old.interaction_id, old.score, old.voter, old.comment) == (
-                    interaction_id,
-                    float(score),
-                    voter,
-                    comment,
-                )
-                if not same:
-                    raise InputError(
-                        f"feedback id {feedback_id!r} was already used for another vote"
-                    )
-                return old, False
-            if voter:  # one vote per voter and interaction: a changed vote replaces the old one
-                q = select(Feedback).where(
-                    Feedback.interaction_id == interaction_id, Feedback.voter == voter
-                )
-                for prev in s.exec(q):
-                    s.delete(prev)
-                s.flush()
-            row = Feedback(
-                id=feedback_id,
-                interaction_id=interaction_id,
-                score=float(score),
-                voter=voter,
-                comment=comment,
-            )
-            s.add(row)
-        return row, True
-
-    def feedback_for(self, interaction_id: str) -> list[Feedback]:
-        with self.session() as s:
-            return list(s.exec(select(Feedback).where(Feedback.interaction_id == interaction_id)))

@@ -137,10 +137,38 @@ def _add_column(conn: Connection, table: str, column: Column) -> None:
     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {coltype}{null}")
 
 
+def _m004_feedback_rewards(conn: Connection) -> None:
+    # The bandit's state is a fold over feedback in ``seq`` order; ``arm_stat`` keeps the same fold
+    # incrementally (changed in the vote's own transaction) so leaderboards need no full scan.
+    _add_column(conn, "feedback", Column("reward", Float, nullable=True))
+    _add_column(conn, "feedback", Column("seq", Integer, nullable=True))
+    _add_column(conn, "feedback", Column("arm", String(48), nullable=True))
+    _add_column(conn, "feedback", Column("category", String(48), nullable=True))
+    conn.exec_driver_sql("UPDATE feedback SET reward = score WHERE reward IS NULL")
+    md = MetaData()
+    Table(
+        "arm_stat",
+        md,
+        Column("arm", String(48), primary_key=True),
+        Column("category", String(48), primary_key=True),
+        Column("n", Integer, nullable=False, default=0),
+        Column("reward_sum", Float, nullable=False, default=0.0),
+        Column("reward_sq_sum", Float, nullable=False, default=0.0),
+    )
+    Table(
+        "armada_meta",
+        md,
+        Column("key", String(64), primary_key=True),
+        Column("value", Integer, nullable=False, default=0),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_adapters_evals", _m002_adapters_evals),
     ("m003_interaction_details", _m003_interaction_details),
+    ("m004_feedback_rewards", _m004_feedback_rewards),
 ]
 
 

@@ -74,6 +74,30 @@ class Feedback(SQLModel, table=True):
     comment: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime | None = None
+    reward: float | None = None
+    """The bandit's reward for this vote (the score, or cost-aware: see RewardConfig)."""
+    seq: int | None = None
+    """Position in the fold over feedback (policy state = replay in seq order)."""
+    arm: str | None = None
+    """The arm that answered (denormalised from the interaction for the fold)."""
+    category: str | None = None
+
+
+class ArmStat(SQLModel, table=True):
+    __tablename__ = "arm_stat"
+
+    arm: str = Field(primary_key=True, max_length=48)
+    category: str = Field(primary_key=True, max_length=48)
+    n: int = 0
+    reward_sum: float = 0.0
+    reward_sq_sum: float = 0.0
+
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "armada_meta"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: int = 0
 
 
 class Adapter(SQLModel, table=True):
