@@ -231,20 +231,136 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
-@app.command()
-def arms() -> None:
+arms_app = typer.Typer(help="List, enable and disable arms.", no_args_is_help=False)
+app.add_typer(arms_app, name="arms")
+
+
+@arms_app.callback(invoke_without_command=True)
+def arms_list(ctx: typer.Context) -> None:
     """Configured arms with their agent, model, adapter and status."""
+    if ctx.invoked_subcommand:
+        return
+    from app.runtime import Armada
+
+    rt = Armada(_settings())
+    status = {a.name: a for a in rt.store.arms()}
+    table = Table("arm", "agent", "model", "adapter", "prior", "status")
+    for a in rt.settings.arms:
+        row = status[a.name]
+        state = row.status + (f": {row.reason}" if row.reason else "")
+        prior = "" if a.prior is None else f"{a.prior:.2f}"
+        table.add_row(a.name, a.agent, a.model, a.adapter or "", prior, state)
+    out.print(table)
+
+
+@arms_app.command("disable")
+def arms_disable(
+    name: str, reason: Annotated[str, typer.Option(help="Shown wherever the arm is listed")] = ""
+) -> None:
+    """Stop routing to an arm (its history stays)."""
+    from app.runtime import Armada
+
+    rt = Armada(_settings())
+    rt.store.set_arm_status(name, "disabled", reason or "disabled by an operator")
+    console.print(f"arm {name} disabled")
+
+
+@arms_app.command("enable")
+def arms_enable(name: str) -> None:
+    """Route to an arm again."""
+    from app.runtime import Armada
+
+    rt = Armada(_settings())
+    rt.store.set_arm_status(name, "ok", "")
+    console.print(f"arm {name} enabled")
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    categories: Annotated[bool, typer.Option("--categories/--no-categories")] = True,
+) -> None:
+    """Per arm: pulls, votes, mean reward with a 95% interval, traffic share, estimated regret."""
     from core.store import Store
+    from routers.leaderboard import leaderboard
 
     s = _settings()
-    st = Store(s.db_url, s.store.busy_timeout_ms)
-    status = {a.name: a for a in st.arms()}
-    table = Table("arm", "agent", "model", "adapter", "status")
-    for a in s.arms:
-        row = status.get(a.name)
-        state = row.status + (f": {row.reason}" if row and row.reason else "") if row else "new"
-        table.add_row(a.name, a.agent, a.model, a.adapter or "", state)
+    board = leaderboard(Store(s.db_url, s.store.busy_timeout_ms))
+    if as_json:
+        out.print_json(json.dumps(board))
+        return
+    table = Table("arm", "category", "pulls", "votes", "mean reward", "95% CI", "share", "regret")
+
+    def fmt(cell: dict[str, Any]) -> list[str]:
+        m = cell["mean_reward"]
+        lo, hi = cell["ci95"]
+        mean = "–" if m is None else f"{m:.3f}"
+        return [str(cell["pulls"]), str(cell["votes"]), mean, f"[{lo:.2f}, {hi:.2f}]"]
+
+    for row in board["arms"]:
+        share = f"{row['traffic_share']:.0%}"
+        table.add_row(row["arm"], "all", *fmt(row), share, f"{row['estimated_regret']:.2f}")
+        if categories:
+            for cat, cell in row["categories"].items():
+                table.add_row("", cat, *fmt(cell), "", "")
     out.print(table)
+    out.print(f"{board['total_pulls']} answers, {board['total_votes']} votes")
+
+
+routers_app = typer.Typer(help="Inspect and audit the routing policy.", no_args_is_help=True)
+app.add_typer(routers_app, name="routers")
+
+
+@routers_app.command("rebuild")
+def routers_rebuild() -> None:
+    """Recompute the arm statistics and policy state from the stored votes; compare with the kept state."""
+    from app.runtime import Armada
+
+    rt = Armada(_settings())
+    kept, fresh = rt.store.arm_stats(), rt.store.recompute_arm_stats()
+    same = kept.keys() == fresh.keys() and all(
+        kept[k][0] == fresh[k][0] and abs(kept[k][1] - fresh[k][1]) < 1e-9 for k in kept
+    )
+    if not same:
+        rt.store.rebuild_arm_stats()
+    policy = rt.policy()  # rebuilt from the votes (a fold in seq order)
+    out.print(
+        f"{sum(v[0] for v in fresh.values())} votes; arm statistics "
+        + ("[green]equal the rebuild[/]" if same else "[yellow]differed and were repaired[/]")
+        + f"; policy {policy.name} rebuilt from {len(rt.store.feedback_events())} events"
+    )
+    if not same:
+        raise typer.Exit(1)
+
+
+@routers_app.command("evaluate")
+def routers_evaluate(
+    policy: Annotated[str, typer.Option(help="fixed, uniform, thompson, ucb1, egreedy, linucb")],
+    options: Annotated[str, typer.Option(help="Policy options as JSON")] = "{}",
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples")] = 1000,
+    seed: int = 0,
+) -> None:
+    """Off-policy estimates (IPS, SNIPS, DR with 95% bootstrap intervals) of a policy's reward."""
+    from app.runtime import Armada
+    from routers.evaluate import logged_decisions, offline_evaluate
+
+    rt = Armada(_settings())
+    log_rows = logged_decisions(rt.store)
+    if not log_rows:
+        raise ArmadaError("no voted decisions yet: OPE needs logged decisions with rewards")
+    est = offline_evaluate(rt, log_rows, policy, json.loads(options), n_boot=n_boot, seed=seed)
+    table = Table("estimator", "estimate", "95% CI", "n", "effective n")
+    for e in est.values():
+        table.add_row(
+            e.estimator,
+            f"{e.estimate:.3f}",
+            f"[{e.low:.3f}, {e.high:.3f}]",
+            str(e.n),
+            f"{e.ess:.0f}",
+        )
+    out.print(table)
+    logged = sum(r[3] for r in log_rows) / len(log_rows)
+    out.print(f"logged policy's mean reward: {logged:.3f} over {len(log_rows)} decisions")
 
 
 def main() -> None:

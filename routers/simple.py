@@ -22,6 +22,9 @@ class FixedPolicy(Policy):
     def select(self, context: Context) -> tuple[str, float]:
         return self.arm, 1.0
 
+    def action_probs(self, context: Context) -> dict[str, float]:
+        return {a: float(a == self.arm) for a in self.arms}
+
 
 @register_policy
 class UniformPolicy(Policy):
@@ -35,3 +38,6 @@ class UniformPolicy(Policy):
 
     def select(self, context: Context) -> tuple[str, float]:
         return self.rng.choice(self.arms), 1.0 / len(self.arms)
+
+    def action_probs(self, context: Context) -> dict[str, float]:
+        return {a: 1.0 / len(self.arms) for a in self.arms}

@@ -24,6 +24,17 @@ class EchoAgent(Agent):
         return Answer(text=text, cited_ids=cited, usage=Usage(3, len(text.split())))
 
 
+class LoudAgent(EchoAgent):
+    """Like echo, shouting; a second cheap arm for bandit tests."""
+
+    name = "loud"
+
+    def answer(self, question: str, passages: list[Hit], ctx: AgentContext) -> Answer:
+        ans = super().answer(question, passages, ctx)
+        ans.text = ans.text.upper()
+        return ans
+
+
 class BoomAgent(Agent):
     name = "boom"
     needs_model = False
@@ -49,5 +60,5 @@ class SlowAgent(Agent):
 class TestAgents:
     @hookimpl
     def register_agents(self, register):  # noqa: ANN001, ANN201
-        for cls in (EchoAgent, BoomAgent, SlowAgent):
+        for cls in (EchoAgent, LoudAgent, BoomAgent, SlowAgent):
             register(cls)

@@ -36,6 +36,7 @@ class Retriever:
     """Search the corpus described by ``settings`` (see the module docstring)."""
 
     def __init__(self, settings: Settings) -> None:
+        self._warned_empty = False
         self.settings = settings
         self.config = settings.retrieval
         self.catalogue = catalogue_for(settings)
@@ -61,7 +62,11 @@ class Retriever:
         n_candidates = max(self.config.candidate_k, k)
 
         if not self.catalogue.exists():
-            log.warning("the corpus is empty: run `armada ingest --demo` or `armada ingest PATH`")
+            if not self._warned_empty:  # once per retriever, not once per question
+                log.warning(
+                    "the corpus is empty: run `armada ingest --demo` or `armada ingest PATH`"
+                )
+                self._warned_empty = True
             return []
         generation = self.catalogue.generation()
         rankings: dict[str, list[str]] = {}
