@@ -3,6 +3,7 @@
 from core.store.db import Store
 from core.store.tables import (
     Adapter,
+    ArenaBattle,
     Arm,
     ArmStat,
     EvalRun,
@@ -13,6 +14,7 @@ from core.store.tables import (
 
 __all__ = [
     "Adapter",
+    "ArenaBattle",
     "Arm",
     "ArmStat",
     "EvalRun",

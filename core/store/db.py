@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 from core.errors import InputError, StoreError
 from core.store import migrations
 from core.store.feedback import FeedbackMixin
-from core.store.tables import Arm, Interaction, RouteDecision, utcnow
+from core.store.tables import ArenaBattle, Arm, Interaction, RouteDecision, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +166,24 @@ class Store(FeedbackMixin):
         with self.session() as s:
             q = select(Interaction).order_by(Interaction.created_at.desc()).limit(limit)
             return list(s.exec(q))
+
+    # -- arena -----------------------------------------------------------------------------------
+    def add_arena_battle(self, battle: ArenaBattle) -> ArenaBattle:
+        """Store an arena vote; the same id twice is a no-op (a double-clicked vote)."""
+        if battle.winner not in ("a", "b", "tie", "bad"):
+            raise InputError(f"winner must be a, b, tie or bad, got {battle.winner!r}")
+        if battle.arm_a == battle.arm_b:
+            raise InputError("an arena battle needs two different arms")
+        with self.write() as s:
+            old = s.get(ArenaBattle, battle.id)
+            if old is not None:
+                return old
+            for iid in (battle.interaction_a, battle.interaction_b):
+                if s.get(Interaction, iid) is None:
+                    raise InputError(f"unknown interaction {iid!r}")
+            s.add(battle)
+        return battle
+
+    def arena_battles(self) -> list[ArenaBattle]:
+        with self.session() as s:
+            return list(s.exec(select(ArenaBattle).order_by(ArenaBattle.created_at)))

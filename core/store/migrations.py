@@ -164,11 +164,31 @@ def _m004_feedback_rewards(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m005_arena(conn: Connection) -> None:
+    md = MetaData()
+    Table("interaction", md, Column("id", String(36), primary_key=True))  # FK target, exists
+    arena = Table(
+        "arena_battle",
+        md,
+        Column("id", String(128), primary_key=True),
+        Column("created_at", DateTime, nullable=False),
+        Column("question", Text, nullable=False),
+        Column("arm_a", String(48), nullable=False),
+        Column("arm_b", String(48), nullable=False),
+        Column("interaction_a", String(36), ForeignKey("interaction.id"), nullable=False),
+        Column("interaction_b", String(36), ForeignKey("interaction.id"), nullable=False),
+        Column("winner", String(8), nullable=False),
+        Column("voter", String(128), nullable=False, default=""),
+    )
+    md.create_all(conn, tables=[arena])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("m001_initial", _m001_initial),
     ("m002_adapters_evals", _m002_adapters_evals),
     ("m003_interaction_details", _m003_interaction_details),
     ("m004_feedback_rewards", _m004_feedback_rewards),
+    ("m005_arena", _m005_arena),
 ]
 
 

@@ -121,3 +121,20 @@ class EvalRun(SQLModel, table=True):
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = "done"
+
+
+class ArenaBattle(SQLModel, table=True):
+    """One arena comparison: the same question to two arms, names hidden until the vote."""
+
+    __tablename__ = "arena_battle"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=128)
+    created_at: datetime = Field(default_factory=utcnow)
+    question: str
+    arm_a: str
+    arm_b: str
+    interaction_a: str = Field(foreign_key="interaction.id", max_length=36)
+    interaction_b: str = Field(foreign_key="interaction.id", max_length=36)
+    winner: str
+    """"a", "b", "tie" or "bad" (both bad)."""
+    voter: str = ""
