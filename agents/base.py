@@ -29,6 +29,8 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
     details: dict[str, Any] = field(default_factory=dict)
     """Agent-specific trace (expert gate, hops, …), stored with the interaction."""
+    passages: list[Hit] = field(default_factory=list)
+    """Passages the agent found itself (e.g. later hops), added to the interaction's passages."""
 
 
 @dataclass

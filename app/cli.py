@@ -58,6 +58,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # bitsandbytes warns at import (through peft) that CPU 4-bit kernels are missing: noise here.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Offline by default: a hub lookup would stall for about a minute on this network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -109,7 +109,7 @@ def build_graph(rt: Armada, checkpointer: Any = None) -> Any:
         except Exception as e:
             log.warning("arm %s failed: %s: %s", arm, type(e).__name__, e)
             return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-        return _answer_update(ans, status="ok")
+        return _answer_update(ans, "ok", state.get("hits", []))
 
     def after_generate(state: QAState) -> Literal["record", "fallback"]:
         return "fallback" if state.get("status") == "failed" else "record"
@@ -127,7 +127,7 @@ def build_graph(rt: Armada, checkpointer: Any = None) -> Any:
             log.error("fallback arm %s failed too: %s", fb, e)
             err = f"{base['error']}; fallback {fb}: {type(e).__name__}: {e}"
             return {**base, "status": "error", "error": err, "answer": FAILED_ANSWER}
-        return {**base, **_answer_update(ans, status="fallback"), "arm": fb}
+        return {**base, **_answer_update(ans, "fallback", state.get("hits", [])), "arm": fb}
 
     def record(state: QAState, config: RunnableConfig) -> dict[str, Any]:
         latency = dict(state.get("latency_ms", {}))
@@ -183,8 +183,11 @@ def build_graph(rt: Armada, checkpointer: Any = None) -> Any:
     return g.compile(checkpointer=checkpointer, name="armada")
 
 
-def _answer_update(ans: Answer, status: str) -> dict[str, Any]:
+def _answer_update(ans: Answer, status: str, hits: list[dict[str, Any]]) -> dict[str, Any]:
+    seen = {h["id"] for h in hits}
+    extra = [h.to_dict() for h in ans.passages if h.passage.id not in seen]
     return {
+        "hits": [*hits, *extra],
         "answer": ans.text,
         "cited_ids": list(ans.cited_ids),
         "usage": ans.usage.to_dict(),

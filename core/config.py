@@ -149,7 +149,11 @@ class LimitsConfig(BaseModel):
 
 
 def _default_arms() -> list[ArmConfig]:
-    return [ArmConfig(name="rag", agent="rag"), ArmConfig(name="closed_book", agent="closed_book")]
+    return [
+        ArmConfig(name="rag", agent="rag"),
+        ArmConfig(name="closed_book", agent="closed_book"),
+        ArmConfig(name="refrag", agent="refrag"),
+    ]
 
 
 class Settings(BaseSettings):

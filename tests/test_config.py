@@ -12,7 +12,7 @@ def test_defaults_are_offline_and_under_home(home):
     assert s.home == home
     assert s.db_url == f"sqlite:///{home / 'armada.db'}"
     assert s.models["default"].backend == "local" and s.models["default"].model is None
-    assert [a.name for a in s.arms] == ["rag", "closed_book"]
+    assert [a.name for a in s.arms] == ["rag", "closed_book", "refrag"]
     assert s.retrieval.bm25_engine == "bm25s" and s.retrieval.mode == "hybrid"
     assert not (home / "armada.db").exists()  # loading settings creates nothing
 

@@ -76,3 +76,22 @@ def test_cli_bad_question_is_one_clear_line(demo_home):
     proc = subprocess.run(cmd, env=_env(demo_home), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "question is empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_refrag_arm_shows_its_hops(demo_home):
+    q = "Which country is the city where the Eiffel Tower stands the capital of?"
+    cmd = [sys.executable, "-m", "app.cli", "ask", q, "--arm", "refrag", "--json"]
+    proc = subprocess.run(cmd, env=_env(demo_home), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    hops = res["details"]["hops"]
+    assert 1 <= len(hops) <= 3 and hops[0]["query"] == q
+    assert all(h["documents"] for h in hops[:1])
+    assert set(res["details"]["multihop_reward"]) == {
+        "reward",
+        "quality",
+        "relevance",
+        "efficiency",
+    }
+    ids = {p["id"] for p in res["passages"]}
+    assert set(res["cited_ids"]) <= ids
