@@ -1,0 +1,326 @@
+"""The local backend: one transformers model in this process, with peft LoRA adapters by name.
+
+The base model loads lazily (first ``generate``/``load``). Adapters attach to it through peft and
+are chosen per call (``adapter="name"``) or per row of a batch (``adapter_names=[...]``, peft's
+mixed-adapter batches), so many LoRA arms share one copy of the base weights. Greedy decoding by
+default; one generation at a time in the whole process, because two would only fight over the same
+CPU cores and memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.config import ModelConfig, check_name
+from core.errors import ModelError
+from core.models import hf
+from core.models.base import (
+    BASE_ADAPTER,
+    ChatModel,
+    MessageLike,
+    check_adapter_names,
+    message_dicts,
+)
+from core.models.convert import ensure_local_model
+from core.packaged import SMOLLM2_NAME
+from core.types import Generation, Usage
+
+log = logging.getLogger(__name__)
+
+_GENERATION_LOCK = threading.RLock()
+"""Held while any local model loads, changes adapters or generates: one at a time per process."""
+
+BATCH_ROWS = 16
+"""Rows per forward pass in ``generate_batch``; longer batches run in chunks of this size."""
+
+
+class LocalChatModel(ChatModel):
+    """A transformers causal LM on this machine (CPU fp32, or CUDA with optional 4/8-bit)."""
+
+    backend = "local"
+
+    def __init__(self, config: ModelConfig, cache_dir: Path) -> None:
+        self.config = config
+        self.cache_dir = Path(cache_dir)
+        self.name = config.model or SMOLLM2_NAME
+        self._path: Path | None = None
+        self._tokenizer: Any = None
+        self._model: Any = None  # the transformers model, or a PeftModel around it
+        self._placement: hf.Placement | None = None
+        self._params = 0
+        self._adapters: dict[str, Path] = {}
+        self._tokenizer_lock = threading.Lock()
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The local folder of the model (converting the packaged default on first use)."""
+        if self._path is None:
+            self._path = ensure_local_model(self.config.model, self.cache_dir)
+        return self._path
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def hf_model(self) -> Any:
+        """The loaded transformers model (a ``PeftModel`` once adapters are attached)."""
+        self.load()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    def load(self) -> None:
+        """Load the weights now (idempotent)."""
+        if self._model is not None:
+            return
+        with _GENERATION_LOCK:
+            if self._model is not None:
+                return
+            placement = hf.placement(self.config.quantization)  # fails fast, before any work
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            if self.config.threads:
+                torch.set_num_threads(self.config.threads)
+            path, tokenizer = self.path, self.tokenizer
+            kwargs: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": True}
+            if placement.quantization_config is not None:
+                kwargs |= {
+                    "quantization_config": placement.quantization_config,
+                    "device_map": {"": 0},
+                }
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            except Exception as e:
+                raise ModelError(f"could not load model {self.name!r} from {path}: {e}") from e
+            if placement.quantization_config is None:
+                model.to(placement.device)
+            model.eval()
+            model.requires_grad_(False)
+            if model.generation_config.pad_token_id is None:
+                model.generation_config.pad_token_id = tokenizer.pad_token_id
+            if placement.device == "cpu" and placement.dtype == torch.float32:
+                hf.column_major_linears(model)
+            self._params = model.num_parameters()
+            self._placement = placement
+            self._model = model
+            log.info(
+                "loaded %s from %s (%.0fM params, %s, %s, %d threads)",
+                self.name,
+                path,
+                self._params / 1e6,
+                placement.device,
+                str(placement.dtype).removeprefix("torch."),
+                torch.get_num_threads(),
+            )
+
+    def _load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        except Exception as e:
+            raise ModelError(f"could not load the tokenizer of {self.name!r}: {e}") from e
+        tokenizer.padding_side = "left"  # decoder-only batches are padded on the left
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        adapter: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        on_token: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        prompt = self.render(messages)
+        if cancel is not None and cancel.is_set():
+            return Generation("", model=self.name, adapter=adapter, finish_reason="cancelled")
+        with _GENERATION_LOCK:
+            self.load()
+            streamer = hf.callback_streamer(self.tokenizer, on_token) if on_token else None
+            return self._generate_rows(
+                [prompt], [adapter], max_new_tokens, temperature, streamer=streamer, cancel=cancel
+            )[0]
+
+    def generate_batch(
+        self,
+        batch: Sequence[Sequence[MessageLike]],
+        *,
+        adapter_names: Sequence[str | None] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[Generation]:
+        """All rows in padded batches; row ``i`` runs through ``adapter_names[i]`` (None: base)."""
+        names = check_adapter_names(batch, adapter_names)
+        prompts = [self.render(messages) for messages in batch]
+        # Similar lengths share a chunk, so little compute is spent on padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        with _GENERATION_LOCK:
+            self.load()
+            for start in range(0, len(order), BATCH_ROWS):
+                rows = order[start : start + BATCH_ROWS]
+                generations = self._generate_rows(
+                    [prompts[i] for i in rows], [names[i] for i in rows], max_new_tokens, None
+                )
+                for i, generation in zip(rows, generations, strict=True):
+                    results[i] = generation
+        return [g for g in results if g is not None]
+
+    def render(self, messages: Sequence[MessageLike]) -> str:
+        """The prompt text for ``messages``: the tokenizer's chat template with the reply opened."""
+        dicts = message_dicts(messages)
+        tokenizer = self.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+        # A base model without a template: a plain transcript ending where the reply begins.
+        lines = [f"{d['role'].capitalize()}: {d['content']}" for d in dicts]
+        return "\n".join([*lines, "Assistant:"])
+
+    def _generate_rows(
+        self,
+        prompts: list[str],
+        adapters: list[str | None],
+        max_new_tokens: int | None,
+        temperature: float | None,
+        *,
+        streamer: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Generation]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        for name in set(adapters):
+            self._check_adapter(name)
+        tokenizer, model = self.tokenizer, self._model
+        templated = bool(getattr(tokenizer, "chat_template", None))
+        enc = tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=not templated
+        ).to(self._placement.device)
+        limit = max_new_tokens or self.config.max_new_tokens
+        temp = self.config.temperature if temperature is None else temperature
+        kwargs: dict[str, Any] = {"max_new_tokens": limit, "streamer": streamer}
+        if temp > 0:
+            kwargs |= {"do_sample": True, "temperature": temp}
+        else:
+            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if cancel is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([hf.cancel_criteria(cancel)])
+        if self._adapters:  # a PeftModel: say which adapter each row uses, base rows included
+            kwargs["adapter_names"] = [name or BASE_ADAPTER for name in adapters]
+        try:
+            with torch.inference_mode():
+                out = model.generate(**enc, **kwargs)
+        except Exception as e:
+            raise ModelError(f"generation with {self.name!r} failed: {e}") from e
+
+        eos = hf.eos_ids(model, tokenizer)
+        width = enc["input_ids"].shape[1]
+        generations = []
+        for row, adapter in enumerate(adapters):
+            new = out[row, width:].tolist()
+            stop_at = next((i for i, t in enumerate(new) if t in eos), None)
+            if stop_at is not None:
+                new, reason = new[: stop_at + 1], "stop"
+            elif cancel is not None and cancel.is_set():
+                reason = "cancelled"
+            else:
+                reason = "length" if len(new) >= limit else "stop"
+            usage = Usage(int(enc["attention_mask"][row].sum()), len(new))
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            generations.append(Generation(text, usage, self.name, adapter, reason))
+        return generations
+
+    # -- adapters --------------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        try:
+            check_name(name, "adapter name")
+        except ValueError as e:
+            raise ModelError(str(e)) from e
+        folder = Path(path).expanduser().resolve()
+        if not (folder / "adapter_config.json").is_file():
+            raise ModelError(f"adapter {name!r}: {folder} holds no adapter_config.json")
+        with _GENERATION_LOCK:
+            if self._adapters.get(name) == folder:
+                return
+            self.load()
+            if name in self._adapters:
+                self.unload_adapter(name)
+            from peft import PeftModel
+
+            try:
+                with warnings.catch_warnings():
+                    # peft calls a transformers API deprecated in v5: not the user's concern.
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                    if isinstance(self._model, PeftModel):
+                        self._model.load_adapter(folder, adapter_name=name, is_trainable=False)
+                    else:
+                        self._model = PeftModel.from_pretrained(
+                            self._model, folder, adapter_name=name, is_trainable=False
+                        )
+            except Exception as e:
+                raise ModelError(f"could not load adapter {name!r} from {folder}: {e}") from e
+            self._model.eval()
+            self._adapters[name] = folder
+            log.info("loaded adapter %s from %s", name, folder)
+
+    def unload_adapter(self, name: str) -> None:
+        with _GENERATION_LOCK:
+            if name not in self._adapters:
+                raise ModelError(f"adapter {name!r} is not loaded; loaded: {self.adapters()}")
+            del self._adapters[name]
+            if self._adapters:
+                self._model.delete_adapter(name)
+            else:  # the last one: take the LoRA layers out again, back to the plain model
+                self._model = self._model.unload()
+            log.info("unloaded adapter %s", name)
+
+    def adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def _check_adapter(self, name: str | None) -> None:
+        if name is not None and name not in self._adapters:
+            raise ModelError(
+                f"adapter {name!r} is not loaded in {self.name!r}; loaded: {self.adapters()}"
+            )
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded; does not load anything itself (``loaded`` says whether weights are in)."""
+        placement = self._placement
+        return {
+            "backend": self.backend,
+            "name": self.name,
+            "model": self.config.model,
+            "path": str(self._path) if self._path else None,
+            "loaded": self.loaded,
+            "params": self._params or None,
+            "dtype": str(placement.dtype).removeprefix("torch.") if placement else None,
+            "device": placement.device if placement else None,
+            "quantization": self.config.quantization,
+            "adapters": {name: str(path) for name, path in sorted(self._adapters.items())},
+        }
