@@ -124,7 +124,7 @@ class RewardConfig(BaseModel):
 
 
 class RouterConfig(BaseModel):
-    policy: str = "fixed"
+    policy: str = "thompson"
     """fixed | uniform | thompson | ucb1 | egreedy | linucb (see ``routers/``)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Passed to the policy, e.g. ``{priors = {rag = [3, 1]}, discount = 0.99}`` for thompson."""
@@ -149,10 +149,12 @@ class LimitsConfig(BaseModel):
 
 
 def _default_arms() -> list[ArmConfig]:
+    # Starting beliefs (offline-score priors, worth 10 votes each): grounded answers are expected
+    # to beat the closed-book baseline; votes move them from there.
     return [
-        ArmConfig(name="rag", agent="rag"),
-        ArmConfig(name="closed_book", agent="closed_book"),
-        ArmConfig(name="refrag", agent="refrag"),
+        ArmConfig(name="rag", agent="rag", prior=0.8),
+        ArmConfig(name="closed_book", agent="closed_book", prior=0.3),
+        ArmConfig(name="refrag", agent="refrag", prior=0.6),
     ]
 
 

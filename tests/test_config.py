@@ -14,6 +14,7 @@ def test_defaults_are_offline_and_under_home(home):
     assert s.models["default"].backend == "local" and s.models["default"].model is None
     assert [a.name for a in s.arms] == ["rag", "closed_book", "refrag"]
     assert s.retrieval.bm25_engine == "bm25s" and s.retrieval.mode == "hybrid"
+    assert s.router.policy == "thompson" and s.arm("rag").prior > s.arm("closed_book").prior
     assert not (home / "armada.db").exists()  # loading settings creates nothing
 
 

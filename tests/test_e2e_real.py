@@ -50,7 +50,7 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def test_cli_ask_answers_and_cites_the_eiffel_tower_passage(demo_home):
-    cmd = [sys.executable, "-m", "app.cli", "ask", QUESTION, "--json"]
+    cmd = [sys.executable, "-m", "app.cli", "ask", QUESTION, "--arm", "rag", "--json"]
     proc = subprocess.run(cmd, env=_env(demo_home), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
@@ -60,6 +60,16 @@ def test_cli_ask_answers_and_cites_the_eiffel_tower_passage(demo_home):
     assert "Eiffel Tower" in [titles[i] for i in res["cited_ids"]]
     assert res["usage"]["completion_tokens"] > 0
     assert {"retrieve", "route", "generate", "total"} <= set(res["latency_ms"])
+
+
+def test_routed_question_goes_through_the_default_bandit(demo_home):
+    cmd = [sys.executable, "-m", "app.cli", "ask", QUESTION, "--json"]
+    proc = subprocess.run(cmd, env=_env(demo_home), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["policy"] == "thompson" and 0 < res["propensity"] <= 1
+    assert res["arm"] in {"rag", "closed_book", "refrag"} and res["answer"]
+    assert res["route_context"]["category"] in {"multi_hop", "long_tail", "biomedical", "general"}
 
 
 def test_cli_streams_the_answer_then_sources(demo_home):

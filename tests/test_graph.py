@@ -28,7 +28,9 @@ def _rt(
                 ArmConfig(name="boom", agent="boom"),
                 ArmConfig(name="slow", agent="slow"),
             ],
-            "router": RouterConfig(arm=arm, fallback_arm=fallback, arm_timeout_s=timeout),
+            "router": RouterConfig(
+                policy="fixed", arm=arm, fallback_arm=fallback, arm_timeout_s=timeout
+            ),
         }
     )
     return Armada(s, extra_plugins=[TestAgents()])
