@@ -317,12 +317,11 @@ app.add_typer(routers_app, name="routers")
 def routers_rebuild() -> None:
     """Recompute the arm statistics and policy state from the stored votes; compare with the kept state."""
     from app.runtime import Armada
+    from core.store.feedback import stats_equal
 
     rt = Armada(_settings())
     kept, fresh = rt.store.arm_stats(), rt.store.recompute_arm_stats()
-    same = kept.keys() == fresh.keys() and all(
-        kept[k][0] == fresh[k][0] and abs(kept[k][1] - fresh[k][1]) < 1e-9 for k in kept
-    )
+    same = stats_equal(kept, fresh)
     if not same:
         rt.store.rebuild_arm_stats()
     policy = rt.policy()  # rebuilt from the votes (a fold in seq order)
@@ -363,6 +362,21 @@ def routers_evaluate(
     out.print(table)
     logged = sum(r[3] for r in log_rows) / len(log_rows)
     out.print(f"logged policy's mean reward: {logged:.3f} over {len(log_rows)} decisions")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option("--api-key", help="Require this bearer key (repeatable; or ARMADA_API_KEYS)"),
+    ] = None,
+) -> None:
+    """Serve the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/feedback, …)."""
+    from app.api import serve_command
+
+    serve_command(host, port, api_key)
 
 
 def main() -> None:

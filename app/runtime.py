@@ -126,8 +126,10 @@ class Armada:
             seq = self.store.feedback_seq()
             if self._policy is None or (arms, seq) != (self._policy_arms, self._policy_seq):
                 self._policy = self._build_policy(arms)
+                # Seq and events from one snapshot: a vote committed in between would otherwise
+                # be folded in now and applied again by feedback() below.
+                seq, events = self.store.feedback_snapshot()
                 if hasattr(self._policy, "rebuild"):
-                    events = self.store.feedback_events()
                     self._policy.rebuild((e.arm, e.context, e.reward) for e in events)
                 self._policy_arms, self._policy_seq = arms, seq
             return self._policy

@@ -49,14 +49,17 @@ class Event:
 
 
 def _bump(s: Session, key: str) -> int:
-    row = s.get(Meta, key) or Meta(key=key, value=0)
+    # FOR UPDATE keeps read-modify-write safe on servers; SQLite's BEGIN IMMEDIATE already is.
+    row = s.get(Meta, key, with_for_update=True) or Meta(key=key, value=0)
     row.value += 1
     s.add(row)
     return row.value
 
 
 def _stat_add(s: Session, arm: str, category: str, reward: float, sign: int) -> None:
-    row = s.get(ArmStat, (arm, category)) or ArmStat(arm=arm, category=category)
+    row = s.get(ArmStat, (arm, category), with_for_update=True) or ArmStat(
+        arm=arm, category=category
+    )
     row.n += sign
     row.reward_sum += sign * reward
     row.reward_sq_sum += sign * reward * reward
@@ -154,7 +157,13 @@ class FeedbackMixin:
 
     def feedback_events(self) -> list[Event]:
         """Every current vote as a bandit event, in fold order, with its route context."""
+        return self.feedback_snapshot()[1]
+
+    def feedback_snapshot(self) -> tuple[int, list[Event]]:
+        """The feedback seq and the events it counts, read in one transaction (one snapshot)."""
         with self.session() as s:  # type: ignore[attr-defined]
+            s.connection()  # begin now, so both reads see the same snapshot
+            seq = self._seq(s)
             q = (
                 select(Feedback, RouteDecision)
                 .join(
@@ -164,10 +173,11 @@ class FeedbackMixin:
                 )
                 .order_by(Feedback.seq)
             )
-            return [
+            events = [
                 Event(f.seq or 0, f.arm or "", dict(d.context) if d else {}, float(f.reward))
                 for f, d in s.exec(q)
             ]
+        return seq, events
 
     def arm_stats(self) -> dict[tuple[str, str], tuple[int, float, float]]:
         """The incrementally kept fold: (arm, category) → (n, Σreward, Σreward²); empty cells dropped."""
@@ -198,3 +208,17 @@ class FeedbackMixin:
             for (arm, cat), (n, t, q) in fresh.items():
                 s.add(ArmStat(arm=arm, category=cat, n=n, reward_sum=t, reward_sq_sum=q))
         return fresh
+
+
+def stats_equal(
+    a: dict[tuple[str, str], tuple[int, float, float]],
+    b: dict[tuple[str, str], tuple[int, float, float]],
+    tol: float = 1e-9,
+) -> bool:
+    """Equal folds: same cells and counts, sums equal up to float summation order."""
+    return a.keys() == b.keys() and all(
+        a[k][0] == b[k][0]
+        and math.isclose(a[k][1], b[k][1], abs_tol=tol)
+        and math.isclose(a[k][2], b[k][2], abs_tol=tol)
+        for k in a
+    )
