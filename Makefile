@@ -37,6 +37,7 @@ run: setup
 	$(BIN)/armada ui --server.port $(PORT) --server.headless true
 
 test: setup
+	bash scripts/install-chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -48,3 +49,5 @@ lint:
 bench: setup
 	$(BIN)/python evals/bench/retrieval.py
 	$(BIN)/python evals/bench/generate.py
+	$(BIN)/python evals/bench/bandit.py
+	$(BIN)/python evals/bench/ui.py

@@ -35,6 +35,9 @@ console = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
 
 UI_ENTRY = Path(__file__).resolve().parent / "ui" / "Chat.py"
+# No usage statistics leave the browser, and no "Deploy" button; the user's options come later
+# on the command line, so they still win.
+UI_DEFAULTS = ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
 
 
 def _settings() -> Settings:
@@ -162,7 +165,7 @@ def ui(ctx: typer.Context) -> None:
     """Start the Streamlit app; extra options go to Streamlit (e.g. --server.port 8502)."""
     from streamlit.web import cli as stcli
 
-    sys.argv = ["streamlit", "run", str(UI_ENTRY), *ctx.args]
+    sys.argv = ["streamlit", "run", str(UI_ENTRY), *UI_DEFAULTS, *ctx.args]
     raise SystemExit(stcli.main())
 
 

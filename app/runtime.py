@@ -60,7 +60,7 @@ class AskResult:
 
     @property
     def sources(self) -> list[Hit]:
-        """Cited passages in citation order (the retrieved ones when nothing was cited)."""
+        """Cited passages in citation order."""
         by_id = {h.passage.id: h for h in self.hits}
         return [by_id[i] for i in self.cited_ids if i in by_id]
 

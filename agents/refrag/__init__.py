@@ -15,7 +15,6 @@ from typing import Any
 from agents.base import Agent, AgentContext, Answer
 from agents.hookspecs import hookimpl
 from agents.refrag import prompts
-from agents.refrag.graph import build_refrag_graph, hits_of
 from agents.refrag.support import multihop_reward
 from core.errors import ArmadaError
 from core.types import Hit, Message, Usage
@@ -55,7 +54,16 @@ class RefragAgent(Agent):
         self.max_context = int(o.get("max_context", 6))
         self.max_new_tokens = int(o.get("max_new_tokens", 48))
         self.abstain_phrase = str(o.get("abstain_phrase", prompts.ABSTAIN))
-        self.graph = build_refrag_graph()
+        self._graph: Any = None
+
+    @property
+    def graph(self) -> Any:
+        # langgraph is imported on first use, not when plugins load (it costs ~1 s at start).
+        if self._graph is None:
+            from agents.refrag.graph import build_refrag_graph
+
+            self._graph = build_refrag_graph()
+        return self._graph
 
     def answer(self, question: str, passages: list[Hit], ctx: AgentContext) -> Answer:
         if ctx.retriever is None:
@@ -119,7 +127,7 @@ class RefragAgent(Agent):
             cited_ids=list(out.get("cited", [])),
             usage=Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0)),
             details=details,
-            passages=hits_of(gathered),
+            passages=[Hit.from_dict(p) for p in gathered],
         )
 
 
