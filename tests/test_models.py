@@ -25,6 +25,7 @@ from core.models import (
     register_backend,
 )
 from core.models import convert as convert_mod
+from core.models.base import BASE_ADAPTER
 from core.models.hf import column_major_linears
 from core.types import Message
 from tests.conftest import SHARED_MODELS_DIR
@@ -274,6 +275,112 @@ def test_column_major_weights_keep_outputs(tiny_dir: Path) -> None:
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
 
 
+# -- int8 weight-only linear layers on the CPU ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def int8_kernel() -> None:
+    from core.models import quant
+
+    if not quant.kernel_available():  # builds it once (~1 min), then torch caches it
+        pytest.skip(f"the int8 kernel does not build here: {quant._kernel_error}")
+
+
+def test_int8_grid_is_exact_for_gguf_blocks_and_close_otherwise(int8_kernel: None) -> None:
+    import torch
+
+    from core.models.quant import quantize_groups
+
+    torch.manual_seed(0)
+    d, m = torch.rand(8, 4, 1) * 0.1, torch.randn(8, 4, 1) * 0.1
+    q4 = torch.randint(0, 16, (8, 4, 32)).float()
+    q4[..., 0], q4[..., 1] = 0, 15  # each Q4_1 block uses its full range
+    q8 = torch.randint(-127, 128, (8, 4, 32)).float()
+    q8[..., 0] = 127
+    for w in [(d * q4 + m).reshape(8, 128), (d * q8).reshape(8, 128)]:
+        q, scale, zero = quantize_groups(w)
+        back = (q.float().view(8, 4, 32) * scale[..., None] + zero[..., None]).view(8, 128)
+        assert (back - w).abs().max() < 1e-6
+    w = torch.randn(16, 96)
+    q, scale, zero = quantize_groups(w)
+    back = (q.float().view(16, 3, 32) * scale[..., None] + zero[..., None]).view(16, 96)
+    assert ((back - w).abs().amax(1) <= w.abs().amax(1) / 254 + 1e-6).all()
+
+
+@pytest.mark.parametrize(("n", "k", "bias"), [(96, 64, False), (7, 37, True), (1030, 576, True)])
+def test_int8_kernel_matches_dequantized_fp32(
+    int8_kernel: None, n: int, k: int, bias: bool
+) -> None:
+    import torch
+
+    from core.models.quant import KERNEL_MAX_ROWS, int8_linear_class
+
+    torch.manual_seed(0)
+    layer = int8_linear_class()(torch.nn.Linear(k, n, bias=bias))
+    groups = layer.weight_scale.shape[1]
+    q = layer.weight.float().view(n, groups, -1)
+    reference = (q * layer.weight_scale[..., None] + layer.weight_zero[..., None]).view(n, k)
+    assert torch.allclose(layer.dequantized_weight(), reference, atol=1e-6)
+    with torch.inference_mode():
+        for rows in [1, 2, 3, 4, 5, 8, KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1]:
+            x = torch.randn(1, rows, k)
+            expected = torch.nn.functional.linear(x, reference, layer.bias)
+            assert torch.allclose(layer(x), expected, atol=1e-4, rtol=1e-4), rows
+
+
+def test_int8_backend_matches_fp32_and_keeps_adapters(
+    int8_kernel: None, tiny_dir: Path, tiny_adapters: dict[str, Path]
+) -> None:
+    import torch
+
+    models = {
+        w: LocalChatModel(
+            ModelConfig(model=str(tiny_dir), max_new_tokens=8), Path("x"), cpu_weights=w
+        )
+        for w in ("fp32", "int8")
+    }
+    for model in models.values():
+        for name, folder in tiny_adapters.items():
+            model.load_adapter(name, folder)
+    assert models["int8"].info()["weights"] == "int8"
+    assert models["fp32"].info()["weights"] == "float32"
+    ids = torch.tensor([[1, 5, 900, 77, 3000]])
+
+    def logits(model: LocalChatModel, adapter: str | None) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.hf_model(input_ids=ids, adapter_names=[adapter or BASE_ADAPTER]).logits
+
+    for adapter in [None, "a", "b"]:
+        fp32, int8 = logits(models["fp32"], adapter), logits(models["int8"], adapter)
+        assert (fp32 - int8).abs().max() < 0.05 * fp32.abs().max(), adapter
+    # The adapters still change the int8 model, and a mixed batch matches its single rows.
+    assert not torch.allclose(logits(models["int8"], None), logits(models["int8"], "a"))
+    int8 = models["int8"]
+    batch = [_question(i) for i in range(3)]
+    mixed = int8.generate_batch(batch, adapter_names=[None, "a", "b"])
+    singles = [int8.generate(q, adapter=a) for q, a in zip(batch, [None, "a", "b"], strict=True)]
+    assert [g.text for g in mixed] == [g.text for g in singles]
+    for name in ["a", "b"]:
+        int8.unload_adapter(name)
+    assert int8.hf_model.__class__.__name__ == "LlamaForCausalLM"
+
+
+def test_int8_falls_back_to_fp32_without_its_kernel(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.models import quant
+
+    def no_kernel() -> None:
+        raise ModelError("the int8 CPU kernel could not be built: no compiler")
+
+    monkeypatch.setattr(quant, "kernel", no_kernel)
+    model = LocalChatModel(ModelConfig(model=str(tiny_dir)), Path("x"), cpu_weights="int8")
+    assert model.generate(Q_FRANCE, max_new_tokens=2).usage.completion_tokens == 2
+    assert model.info()["weights"] == "float32"
+    with pytest.raises(ModelError, match="unknown cpu_weights"):
+        LocalChatModel(ModelConfig(), Path("x"), cpu_weights="int4")  # type: ignore[arg-type]
+
+
 # -- the real SmolLM2 ----------------------------------------------------------------------------
 
 
@@ -339,3 +446,30 @@ def test_importing_models_loads_no_heavy_library() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+@pytest.mark.real_model
+def test_smollm2_int8_is_the_gguf_weights_exactly(
+    int8_kernel: None, smollm: LocalChatModel
+) -> None:
+    """The packaged model is Q4_1/Q8_0: its int8 copy holds the same values, so greedy agrees."""
+    import torch
+
+    int8 = LocalChatModel(ModelConfig(max_new_tokens=24), SHARED_MODELS_DIR, cpu_weights="int8")
+    int8.load()
+    assert int8.info()["weights"] == "int8" and int8.info()["params"] == 134_515_008
+    questions = [
+        [Message("user", text)]
+        for text in (
+            "What is 17 times 3?",
+            "Translate 'good morning' into Spanish.",
+            "Why is the sky blue?",
+        )
+    ]
+    for messages in [Q_FRANCE, *questions]:
+        assert int8.generate(messages).text == smollm.generate(messages).text
+    ids = smollm.tokenizer(smollm.render(Q_FRANCE), return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        for rows in (ids, ids[:, -1:]):  # the fp32 prefill path and the int8 kernel path
+            diff = (int8.hf_model(rows).logits - smollm.hf_model(rows).logits).abs().max()
+            assert diff < 1e-3

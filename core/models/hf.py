@@ -32,13 +32,18 @@ def placement(quantization: str) -> Placement:
     """CUDA (bf16/fp16, optionally 4/8-bit) when available, else CPU fp32.
 
     bitsandbytes quantization needs CUDA here; asking for it without raises ModelError rather than
-    silently loading something else.
+    silently loading something else. ``"int8"`` is the CPU's weight-only int8 (applied after
+    loading, by ``LocalChatModel``): it loads like ``"none"`` here, and on CUDA it is ``"none"``.
     """
     import torch
 
     cuda = torch.cuda.is_available()
-    if quantization not in ("none", "4bit", "8bit"):
-        raise ModelError(f"unknown quantization {quantization!r}; use 'none', '4bit' or '8bit'")
+    if quantization not in ("none", "int8", "4bit", "8bit"):
+        raise ModelError(
+            f"unknown quantization {quantization!r}; use 'none', 'int8', '4bit' or '8bit'"
+        )
+    if quantization == "int8":
+        quantization = "none"
     if quantization != "none" and not cuda:
         raise ModelError(
             f"{quantization} quantization (bitsandbytes) needs a CUDA GPU and none is available; "

@@ -3,14 +3,21 @@
     .venv/bin/python evals/bench/generate.py [--tokens 128] [--threads N] [--prompt-tokens 512]
 
 Decoding one token reads every weight once, so on a CPU its speed is capped by memory bandwidth:
-``bound_tok_s = read_bandwidth / (parameters × bytes per parameter)``. This script measures, in one
-run: the achievable read bandwidth (best of several sums over a 1 GiB tensor, far larger than any
-cache), prefill tokens/s on a ~512-token chat prompt, and greedy decode tokens/s over ``--tokens``
-new tokens after a warmup, for two variants of the default model (SmolLM2-135M-Instruct, fp32):
+``bound_tok_s = read_bandwidth / bytes read per token``, where the bytes are those of the variant
+as it is stored (``core.models.quant.bytes_read_per_token``: every parameter and buffer once,
+int8 weights at 1 B plus their fp32 scales and offsets, fp32 norms, the output head in full, and a
+single row of an input embedding table that is not tied to the head). This script measures, in
+one run: the achievable read bandwidth (best of several sums over a 1 GiB tensor, far larger than
+any cache, with the same torch thread count as the decode), prefill tokens/s on a ~512-token chat
+prompt, and greedy decode tokens/s over ``--tokens`` new tokens after a warmup, for these variants
+of the default model (SmolLM2-135M-Instruct):
 
-- ``plain HF``: ``AutoModelForCausalLM.from_pretrained`` + ``generate``, nothing else;
-- ``backend``: the model as ``LocalChatModel`` loads it (column-major linear weights, threads
-  from ``--threads``, ``torch.inference_mode``).
+- ``plain HF``: ``AutoModelForCausalLM.from_pretrained`` (fp32) + ``generate``, nothing else;
+- ``fp32``: the model as ``LocalChatModel(cpu_weights="fp32")`` loads it (column-major wide linear
+  weights, threads from ``--threads``, ``torch.inference_mode``);
+- ``int8``: ``LocalChatModel(cpu_weights="int8")``: weight-only int8 linear layers with an fp32
+  scale and offset per 32 weights (``core.models.quant``; bit-for-bit the GGUF's Q4_1/Q8_0 values,
+  so its greedy outputs match fp32's, which the script checks on a short generation).
 
 Decode speed is timed between the first and the last new token (prefill excluded), best of
 ``--repeats`` runs, the variants interleaved so background load hits both alike. The machine's
@@ -38,6 +45,7 @@ from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from core.config import ModelConfig, load_settings  # noqa: E402
 from core.models import LocalChatModel  # noqa: E402
+from core.models.quant import bytes_read_per_token  # noqa: E402
 
 PARAGRAPH = (
     "The Seine flows through Paris, past the islands at the heart of the old city, under bridges "
@@ -112,24 +120,29 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     settings = load_settings()
-    backend = LocalChatModel(ModelConfig(threads=args.threads), settings.model_cache_dir)
-    started = time.perf_counter()
-    backend.load()
-    print(f"model      {backend.path}  (backend load {time.perf_counter() - started:.1f} s)")
+    config = ModelConfig(threads=args.threads)
+    backends = {
+        weights: LocalChatModel(config, settings.model_cache_dir, cpu_weights=weights)
+        for weights in ("fp32", "int8")
+    }
+    for weights, backend in backends.items():
+        started = time.perf_counter()
+        backend.load()  # the first int8 load on a machine also compiles its kernel (~1 min)
+        print(
+            f"model      {backend.path}  ({weights} load {time.perf_counter() - started:.1f} s, "
+            f"weights {backend.info()['weights']})"
+        )
+    backend = backends["fp32"]
     plain = AutoModelForCausalLM.from_pretrained(backend.path, dtype=torch.float32).eval()
-    variants = {"plain HF": plain, "backend": backend.hf_model}
+    variants = {"plain HF": plain, **{w: b.hf_model for w, b in backends.items()}}
+    weight_bytes = {name: bytes_read_per_token(model) for name, model in variants.items()}
 
-    params = sum(p.numel() for p in plain.parameters())  # tied embeddings counted once
-    weight_bytes = params * plain.dtype.itemsize
     long_ids = chat_prompt(backend, args.prompt_tokens)
     short_ids = long_ids[:, -48:]
     pad = backend.tokenizer.pad_token_id
     print(
         f"machine    {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
         f"load average {os.getloadavg()[0]:.2f}"
-    )
-    print(
-        f"weights    {params / 1e6:.1f} M params x {plain.dtype.itemsize} B = {weight_bytes / 1e6:.0f} MB"
     )
 
     for model in variants.values():  # warm up: allocator, thread pool, kernels
@@ -142,28 +155,43 @@ def main(argv: list[str] | None = None) -> None:
             prefill[name] = max(prefill[name], prefill_tok_s(model, long_ids, 1))
             decode[name] = max(decode[name], decode_tok_s(model, short_ids, args.tokens, pad))
     bandwidth = max(bandwidth, read_bandwidth_gbs())
-    bound = bandwidth * 1e9 / weight_bytes
 
-    gen_start = time.perf_counter()
-    gen = backend.generate([{"role": "user", "content": "Tell me about Paris."}], max_new_tokens=64)
-    gen_tok_s = gen.usage.completion_tokens / (time.perf_counter() - gen_start)
+    question = [{"role": "user", "content": "Tell me about Paris."}]
+    gens = {}
+    for weights, b in backends.items():
+        gen_start = time.perf_counter()
+        gen = b.generate(question, max_new_tokens=64)
+        gens[weights] = (gen, gen.usage.completion_tokens / (time.perf_counter() - gen_start))
 
     print(f"bandwidth  {bandwidth:.1f} GB/s read (best sum over 1 GiB)")
-    print(f"bound      {bound:.1f} tok/s = bandwidth / weight bytes per token")
     print(f"prompt     {long_ids.shape[1]} tokens prefill, {args.tokens} tokens decode (greedy)")
-    print(f"{'variant':<10} {'prefill tok/s':>14} {'decode tok/s':>13} {'of bound':>9}")
+    print("bound      bandwidth / bytes read per decoded token, per variant")
+    print(
+        f"{'variant':<10} {'MB/token':>9} {'bound tok/s':>12} {'prefill tok/s':>14} "
+        f"{'decode tok/s':>13} {'of bound':>9}"
+    )
     for name in variants:
+        bound = bandwidth * 1e9 / weight_bytes[name]
         print(
-            f"{name:<10} {prefill[name]:>14.0f} {decode[name]:>13.1f} {decode[name] / bound:>9.0%}"
+            f"{name:<10} {weight_bytes[name] / 1e6:>9.1f} {bound:>12.1f} {prefill[name]:>14.0f} "
+            f"{decode[name]:>13.1f} {decode[name] / bound:>9.0%}"
+        )
+    for name in backends:
+        print(
+            f"{name} / plain HF: prefill x{prefill[name] / prefill['plain HF']:.2f}, "
+            f"decode x{decode[name] / decode['plain HF']:.2f}"
         )
     print(
-        f"backend / plain HF: prefill x{prefill['backend'] / prefill['plain HF']:.2f}, "
-        f"decode x{decode['backend'] / decode['plain HF']:.2f}"
+        f"int8 / fp32: prefill x{prefill['int8'] / prefill['fp32']:.2f}, "
+        f"decode x{decode['int8'] / decode['fp32']:.2f}"
     )
-    print(
-        f"generate() end to end: {gen.usage.completion_tokens} tokens at {gen_tok_s:.1f} tok/s "
-        f"(prompt {gen.usage.prompt_tokens} tokens, prefill included)"
-    )
+    for weights, (gen, tok_s) in gens.items():
+        print(
+            f"generate() {weights} end to end: {gen.usage.completion_tokens} tokens at "
+            f"{tok_s:.1f} tok/s (prompt {gen.usage.prompt_tokens} tokens, prefill included)"
+        )
+    same = gens["fp32"][0].text == gens["int8"][0].text
+    print(f"int8 greedy text {'identical to' if same else 'DIFFERS from'} fp32")
 
 
 if __name__ == "__main__":
