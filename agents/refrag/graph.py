@@ -75,11 +75,13 @@ def retrieve(state: HopState, config: RunnableConfig) -> dict[str, Any]:
     rc = _ctx(config)
     hop = state.get("hop", 0) + 1
     query = state["query"]
+    seen = {p["id"] for p in state.get("passages", [])}
     if hop == 1 and rc.first_hits is not None:
         hits = rc.first_hits  # the main graph already retrieved for the question
     else:
-        hits = rc.search(query, rc.hop_k)
-    seen = {p["id"] for p in state.get("passages", [])}
+        # Search past what earlier hops hold, so a follow-up that still resembles the question
+        # brings its best *unseen* passages instead of the same top k again.
+        hits = rc.search(query, rc.hop_k + len(seen))
     new = [{**h.to_dict(), "hop": hop, "query": query} for h in hits if h.passage.id not in seen][
         : rc.hop_k
     ]
