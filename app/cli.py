@@ -312,6 +312,10 @@ def leaderboard_cmd(
     out.print(f"{board['total_pulls']} answers, {board['total_votes']} votes")
 
 
+from evals.cli import eval_app  # noqa: E402 - a light module: heavy parts load inside commands
+
+app.add_typer(eval_app, name="eval")
+
 routers_app = typer.Typer(help="Inspect and audit the routing policy.", no_args_is_help=True)
 app.add_typer(routers_app, name="routers")
 
