@@ -19,11 +19,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from core.config import Settings, load_settings
 from core.errors import ArmadaError
+from evals.cli import progress_bar
 
 app = typer.Typer(
     help="Armada: run, compare and improve question-answering agents on your own documents.",
@@ -45,14 +46,7 @@ def _settings() -> Settings:
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+    return progress_bar(console)
 
 
 @app.callback()

@@ -32,14 +32,19 @@ eval_app = typer.Typer(
 )
 
 
-def _progress() -> Progress:
+def progress_bar(con: Console) -> Progress:
+    """The CLI's progress bar (shared with ``app.cli``)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=con,
     )
+
+
+def _progress() -> Progress:
+    return progress_bar(console)
 
 
 def _command() -> str:
