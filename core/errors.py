@@ -23,3 +23,7 @@ class PluginError(ArmadaError):
 
 class StoreError(ArmadaError):
     """The database could not be opened or migrated."""
+
+
+class AdapterError(ArmadaError):
+    """A LoRA adapter is missing, damaged, unsafe or made for another base model."""

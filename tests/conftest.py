@@ -33,3 +33,13 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def settings(home: Path) -> Settings:
     return Settings(home=home, models_dir=SHARED_MODELS_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~3 M-parameter random Llama with SmolLM2's tokenizer (built once per test session)."""
+    from core.models.convert import ensure_default_model
+    from tests.tiny import make_tiny_model
+
+    base = ensure_default_model(SHARED_MODELS_DIR)
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", base)
