@@ -42,6 +42,21 @@ class AgentContext:
     history: list[Message] = field(default_factory=list)
     on_token: Callable[[str], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    adapters: dict[str, str] = field(default_factory=dict)
+    """Registry adapter name → the name it is loaded under in ``model`` (``name_v3``)."""
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Registry adapter name → its ``meta.json`` (prompt format, prototype, metrics)."""
+    embed: Callable[[list[str]], Any] | None = None
+    """Texts → sentence embeddings (the retriever's model), for routers inside an arm."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """The caller's hints, e.g. ``{"dataset": "popqa"}`` or ``{"expert": "pubmedqa"}``."""
+
+    def adapter(self, name: str | None) -> str | None:
+        """The loaded name of registry adapter ``name`` (itself when the runtime did not map it)."""
+        return self.adapters.get(name, name) if name else None
+
+    def adapter_meta(self, name: str) -> dict[str, Any]:
+        return self.metas.get(name, {})
 
 
 class Agent(ABC):
@@ -81,9 +96,19 @@ class Agent(ABC):
         """System prompt, the thread's earlier turns, then this turn."""
         return [Message("system", self.system_prompt), *ctx.history, Message("user", user)]
 
+    def adapter_names(self) -> list[str]:
+        """Registry adapters this arm needs (verified and loaded by the runtime before it runs)."""
+        return [self.arm.adapter] if self.arm.adapter else []
+
     def generate(self, messages: list[Message], ctx: AgentContext) -> tuple[str, Usage]:
+        return self.generate_with(messages, ctx, ctx.adapter(self.arm.adapter))
+
+    def generate_with(
+        self, messages: list[Message], ctx: AgentContext, adapter: str | None
+    ) -> tuple[str, Usage]:
+        """Generate through ``adapter`` (a loaded name; None: the base model)."""
         gen = ctx.model.generate(
-            messages, adapter=self.arm.adapter, on_token=ctx.on_token, cancel=ctx.cancel
+            messages, adapter=adapter, on_token=ctx.on_token, cancel=ctx.cancel
         )
         if gen.finish_reason == "cancelled":
             raise TimeoutError(f"arm {self.arm.name!r} was cancelled before it finished")

@@ -18,7 +18,7 @@ from core.config import check_name
 from core.errors import PluginError
 
 ENTRY_POINT_GROUP = "armada.agents"
-BUILTIN_MODULES = ("agents.rag", "agents.closed_book", "agents.refrag")
+BUILTIN_MODULES = ("agents.rag", "agents.closed_book", "agents.refrag", "agents.lora")
 
 
 def plugin_manager(extra: list[ModuleType | object] | None = None, entry_points: bool = True):

@@ -6,6 +6,7 @@ armada ask "question" [--arm NAME] [--json] [--thread ID]
 armada ui [streamlit options]  the chat app (e.g. --server.port 8502)
 armada doctor                  model, corpus, database and versions
 armada arms                    configured arms and their status
+armada raft build | train | adapters …   training data, LoRA training, the adapter registry
 """
 
 from __future__ import annotations
@@ -229,6 +230,12 @@ def doctor() -> None:
     if not ok:
         raise typer.Exit(1)
 
+
+from app.cli_train import adapters_app, raft_app, train_cmd  # noqa: E402
+
+app.add_typer(raft_app, name="raft")
+app.add_typer(adapters_app, name="adapters")
+app.command("train")(train_cmd)
 
 arms_app = typer.Typer(help="List, enable and disable arms.", no_args_is_help=False)
 app.add_typer(arms_app, name="arms")

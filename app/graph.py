@@ -100,7 +100,15 @@ def build_graph(rt: Armada, checkpointer: Any = None) -> Any:
             for m in (Message("user", t["question"]), Message("assistant", t["answer"]))
         ]
         hits = [Hit.from_dict(h) for h in state.get("hits", [])]
-        return run_arm(rt, arm, state["question"], hits, history, lambda t: writer({"token": t}))
+        return run_arm(
+            rt,
+            arm,
+            state["question"],
+            hits,
+            history,
+            lambda t: writer({"token": t}),
+            tags=state.get("tags") or {},
+        )
 
     def generate(state: QAState) -> dict[str, Any]:
         arm = state["arm"]
@@ -203,6 +211,7 @@ def run_arm(
     hits: list[Hit],
     history: list[Message],
     on_token: Callable[[str], None] | None,
+    tags: dict[str, str] | None = None,
 ) -> Answer:
     """Run one arm with the configured timeout; a timeout cancels its generation."""
     agent = rt.agent(arm)
@@ -210,6 +219,8 @@ def run_arm(
     load = getattr(model, "load", None)
     if callable(load):  # load (or convert) outside the timeout: it is not the arm's fault
         load()
+    # Verified and loaded outside the timeout too; a bad adapter disables the arm and raises.
+    adapters, metas = rt.prepare_adapters(arm)
     cancel = threading.Event()
     ctx = AgentContext(
         model=model,
@@ -217,6 +228,10 @@ def run_arm(
         history=history,
         on_token=on_token,
         cancel=cancel,
+        adapters=adapters,
+        metas=metas,
+        embed=rt.embed,
+        tags=dict(tags or {}),
     )
     passages = hits if agent.needs_retrieval else []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"arm-{arm}")

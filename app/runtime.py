@@ -7,12 +7,14 @@ the embedding model and the generator load on first use.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.base import Agent
@@ -83,6 +85,8 @@ class Armada:
                 )
         self.store.sync_arms([a.model_dump() for a in self.settings.arms])
         self._agents: dict[str, Agent] = {}
+        self._adapter_lock = threading.RLock()
+        self._adapter_metas: dict[str, dict[str, Any]] = {}
         self._retriever: Retriever | None = None
         self._graph: Any = None
         self._checkpointer: Any = None
@@ -91,6 +95,7 @@ class Armada:
         self._policy_seq = -1
         self._policy_lock = threading.RLock()
         self._classifier: CategoryClassifier | None = None
+        self.check_adapter_arms()
 
     # -- services ---------------------------------------------------------------------------------
     @property
@@ -114,6 +119,95 @@ class Armada:
             cfg = self.settings.arm(arm)
             self._agents[arm] = self.agent_classes[cfg.agent](cfg)
         return self._agents[arm]
+
+    def embed(self, texts: list[str]) -> Any:
+        """Sentence embeddings with the retriever's model (loaded once per process)."""
+        from core.retrieval import embed_texts
+
+        return embed_texts(self.settings, texts)
+
+    # -- adapters -----------------------------------------------------------------------------------
+    def _local_model(self, arm: str) -> Any:
+        from core.models import LocalChatModel
+
+        agent = self.agent(arm)
+        model = self.model(agent.arm.model) if agent.needs_model else None
+        return model if isinstance(model, LocalChatModel) else None
+
+    def check_adapter_arms(self) -> None:
+        """Mark arms whose adapters are not registered ``unavailable`` (and back ``ok`` once they
+        are); cheap: reads the registry and the folders, loads nothing."""
+        from core.adapters import registry
+        from core.errors import AdapterError
+
+        rows = {a.name: a for a in self.store.arms()}
+        for cfg in self.settings.arms:
+            row = rows.get(cfg.name)
+            if row is None or row.status not in ("ok", "unavailable", "broken"):
+                continue  # disabled by an operator: theirs to enable
+            try:
+                agent = self.agent(cfg.name)
+                names = agent.adapter_names()
+                if not names or self._local_model(cfg.name) is None:
+                    continue
+                for name in names:
+                    if not _is_path(name):
+                        found = registry.resolve(self.store, name)
+                        if not Path(found.path).is_dir():
+                            raise AdapterError(
+                                f"adapter {name!r} v{found.version}: folder {found.path} is missing"
+                            )
+            except (AdapterError, InputError, PluginError) as e:
+                if row.status == "ok" or row.reason != str(e):
+                    self.store.set_arm_status(cfg.name, "unavailable", str(e))
+                continue
+            if row.status in ("unavailable", "broken"):
+                self.store.set_arm_status(cfg.name, "ok", "")
+
+    def prepare_adapters(self, arm: str) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        """Verify and load the adapters ``arm`` needs onto its model; registry name → loaded name
+        (``name_vN``) and → meta. A bad adapter marks the arm ``broken`` (and that version in the
+        registry), then raises AdapterError: the graph answers with the fallback arm."""
+        from core.adapters import registry
+        from core.adapters.format import read_meta
+        from core.adapters.verify import load_verified
+        from core.errors import AdapterError
+
+        agent = self.agent(arm)
+        names = agent.adapter_names()
+        if not names:
+            return {}, {}
+        model = self._local_model(arm)
+        if model is None:  # a served model (OpenAI-compatible): adapters are served names
+            return {n: n for n in names}, {}
+        loaded: dict[str, str] = {}
+        metas: dict[str, dict[str, Any]] = {}
+        for name in names:
+            row = None
+            try:
+                if _is_path(name):
+                    folder = Path(name).expanduser().resolve()
+                    tag = "p_" + hashlib.sha256(str(folder).encode()).hexdigest()[:10]
+                else:
+                    row = registry.resolve(self.store, name)
+                    folder, tag = Path(row.path), f"{name}_v{row.version}"
+                with self._adapter_lock:
+                    if tag not in model.adapters():
+                        meta = load_verified(model, tag, folder)
+                        for old in model.adapters():  # older versions of this adapter
+                            if old != tag and old.rsplit("_v", 1)[0] == name:
+                                model.unload_adapter(old)
+                        self._adapter_metas[tag] = meta
+                    meta = self._adapter_metas.get(tag) or read_meta(folder)
+            except AdapterError as e:
+                reason = str(e)
+                self.store.set_arm_status(arm, "broken", reason)
+                if row is not None and "is not registered" not in reason:
+                    registry.set_status(self.store, name, row.version, registry.BROKEN, reason)
+                log.error("arm %s disabled: %s", arm, reason)
+                raise
+            loaded[name], metas[name] = tag, meta
+        return loaded, metas
 
     def enabled_arms(self) -> list[str]:
         usable = {a.name for a in self.store.arms() if a.enabled and a.status == "ok"}
@@ -237,9 +331,13 @@ class Armada:
         thread_id: str | None = None,
         on_token: Callable[[str], None] | None = None,
         on_reset: Callable[[str], None] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> AskResult:
-        """Answer one question through the graph; tokens go to ``on_token`` as they come."""
-        for event in self.ask_stream(question, arm=arm, thread_id=thread_id):
+        """Answer one question through the graph; tokens go to ``on_token`` as they come.
+
+        ``tags`` are hints for the arm, e.g. ``{"dataset": "popqa"}`` (the per-dataset expert
+        router) or ``{"expert": "pubmedqa"}`` (a manual expert override)."""
+        for event in self.ask_stream(question, arm=arm, thread_id=thread_id, tags=tags):
             if "token" in event and on_token:
                 on_token(event["token"])
             elif "reset" in event and on_reset:
@@ -249,7 +347,11 @@ class Armada:
         raise RuntimeError("the graph ended without a result")  # pragma: no cover
 
     def ask_stream(
-        self, question: str, arm: str | None = None, thread_id: str | None = None
+        self,
+        question: str,
+        arm: str | None = None,
+        thread_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Yield ``{"token": …}`` and ``{"reset": arm}`` events, then ``{"result": AskResult}``."""
         q = clean_question(question, self.settings.limits.max_question_chars)
@@ -259,7 +361,7 @@ class Armada:
         config = {"configurable": {"thread_id": thread_id}}
         final: dict[str, Any] = {}
         for mode, chunk in self.graph.stream(
-            fresh_turn(q, arm), config, stream_mode=["custom", "values"]
+            fresh_turn(q, arm, _clean_tags(tags)), config, stream_mode=["custom", "values"]
         ):
             if mode == "custom":
                 yield chunk
@@ -296,3 +398,18 @@ class Armada:
         if self._checkpointer is not None:
             self._checkpointer.conn.close()
         self.store.close()
+
+
+def _is_path(name: str) -> bool:
+    """An arm's adapter given as a folder (``./adapters/x``) rather than a registry name."""
+    return "/" in name or name.startswith((".", "~"))
+
+
+def _clean_tags(tags: dict[str, str] | None) -> dict[str, str]:
+    """Caller hints as short strings; anything else is refused."""
+    out: dict[str, str] = {}
+    for k, v in (tags or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str) or len(k) > 64 or len(v) > 200:
+            raise InputError("tags must map short strings to short strings")
+        out[k] = v
+    return out

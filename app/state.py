@@ -17,6 +17,8 @@ class QAState(TypedDict, total=False):
     # Input
     question: str
     arm_override: str | None
+    tags: dict[str, str]
+    """The caller's hints for the arm, e.g. ``{"dataset": "popqa"}`` (see ``AgentContext.tags``)."""
     # retrieve
     hits: list[dict[str, Any]]
     """Serialised ``Hit``s (plain dicts, so the checkpointer can store them)."""
@@ -42,11 +44,14 @@ class QAState(TypedDict, total=False):
     history: Annotated[list[Turn], operator.add]
 
 
-def fresh_turn(question: str, arm_override: str | None) -> QAState:
+def fresh_turn(
+    question: str, arm_override: str | None, tags: dict[str, str] | None = None
+) -> QAState:
     """Input for a new turn: resets every per-turn field a previous turn left in the thread."""
     return QAState(
         question=question,
         arm_override=arm_override,
+        tags=dict(tags or {}),
         hits=[],
         retrieval_error="",
         answer="",
