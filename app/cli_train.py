@@ -336,3 +336,49 @@ def adapters_rollback(name: str) -> None:
     except ArmadaError as e:
         _fail(e)
     console.print(f"{row.name} rolled back to v{row.version}")
+
+
+@raft_app.command("router")
+def raft_router(
+    expert: Annotated[
+        list[str], typer.Option("--expert", "-e", help="EXPERT=TRAINING.jsonl (one per expert)")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for prototypes + gate")],
+    metric: Annotated[str, typer.Option(help="cosine | mahalanobis")] = "mahalanobis",
+    seed: int = 0,
+) -> None:
+    """Fit the expert routers of a multi_lora_raft arm from each expert's training questions:
+    prototypes (OUT/prototypes.json) and a gate (OUT/gate/). Point the arm's options at them:
+    ``prototypes = "OUT/prototypes.json"`` or ``router = "gate", gate_dir = "OUT/gate"``."""
+    import numpy as np
+
+    from core.retrieval import embed_texts
+    from routers.experts import PrototypeRouter, train_gate
+    from training.raft import read_records
+
+    s = load_settings()
+    try:
+        by_expert: dict[str, np.ndarray] = {}
+        for item in expert:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise InputError(f"--expert takes EXPERT=FILE, got {item!r}")
+            records, _ = read_records(Path(path))
+            questions = [r["question"] for r in records if r.get("question")]
+            if not questions:
+                raise InputError(f"{path}: no records with a 'question' field")
+            by_expert[name] = np.asarray(embed_texts(s, questions), dtype=np.float32)
+        protos = PrototypeRouter.from_embeddings(by_expert, metric=metric)
+        experts = list(by_expert)
+        x = np.concatenate([by_expert[e] for e in experts])
+        y = [e for e in experts for _ in range(len(by_expert[e]))]
+        gate = train_gate(x, y, experts, seed=seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        protos.save(out_dir / "prototypes.json")
+        gate.save(out_dir / "gate")
+    except (ArmadaError, ValueError) as e:
+        _fail(e)
+    console.print(
+        f"wrote {out_dir / 'prototypes.json'} ({metric}) and {out_dir / 'gate'} "
+        f"(train accuracy {gate.metrics.get('train_accuracy')})"
+    )

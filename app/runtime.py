@@ -164,6 +164,24 @@ class Armada:
             if row.status in ("unavailable", "broken"):
                 self.store.set_arm_status(cfg.name, "ok", "")
 
+    def adapter_fingerprint(self, arm: str) -> dict[str, str]:
+        """The adapters ``arm`` would serve now: registry name → ``v<N>:<checksum>`` (a cache key
+        part: a retrained adapter makes earlier evaluation answers stale)."""
+        from core.adapters import registry
+        from core.errors import AdapterError
+
+        out: dict[str, str] = {}
+        for name in self.agent(arm).adapter_names():
+            if _is_path(name):
+                out[name] = "path"
+                continue
+            try:
+                row = registry.resolve(self.store, name)
+                out[name] = f"v{row.version}:{row.sha256[:16]}"
+            except AdapterError:
+                out[name] = "missing"
+        return out
+
     def prepare_adapters(self, arm: str) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
         """Verify and load the adapters ``arm`` needs onto its model; registry name → loaded name
         (``name_vN``) and → meta. A bad adapter marks the arm ``broken`` (and that version in the

@@ -30,8 +30,9 @@ HARNESS_VERSION = 1
 """Part of every cache key: bump it when what a cached answer means changes."""
 
 
-def settings_hash(settings: Settings, arm: str) -> str:
-    """What an arm's answer depends on: its config, its model's config and retrieval settings."""
+def settings_hash(settings: Settings, arm: str, adapters: dict[str, str] | None = None) -> str:
+    """What an arm's answer depends on: its config, its model's config, retrieval settings and
+    (``adapters``: adapter name → checksum) the adapter versions it serves."""
     cfg = settings.arm(arm)
     blob = {
         "v": HARNESS_VERSION,
@@ -40,6 +41,8 @@ def settings_hash(settings: Settings, arm: str) -> str:
         "retrieval": settings.retrieval.model_dump(mode="json"),
         "classify": settings.router.classify,
     }
+    if adapters:
+        blob["adapters"] = dict(sorted(adapters.items()))
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -115,7 +115,7 @@ def ask_record(rt: Armada, arm: str, example: Example, shash: str) -> dict[str, 
     if torch is not None and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    res = rt.ask(example.question, arm=arm)
+    res = rt.ask(example.question, arm=arm, tags={"dataset": example.dataset})
     wall_ms = (time.perf_counter() - t0) * 1000
     return {
         "key": cache_key(arm, example, shash),
@@ -167,7 +167,7 @@ def answer_all(
 ) -> dict[str, dict[str, Any]]:
     """Every (arm, example) answer, from the cache or by asking. Questions are taken in order
     with every arm on each, so a partial run has about the same questions for every arm."""
-    hashes = {arm: settings_hash(rt.settings, arm) for arm in arms}
+    hashes = {arm: settings_hash(rt.settings, arm, rt.adapter_fingerprint(arm)) for arm in arms}
     total = len(arms) * len(examples)
     todo = [(e, a) for e in examples for a in arms if cache_key(a, e, hashes[a]) not in cache]
     if todo:
@@ -241,7 +241,7 @@ def arm_facts(rt: Armada, arm: str) -> dict[str, Any]:
         "agent": cfg.agent,
         "model": cfg.model,
         "retrieves": bool(agent.needs_retrieval),
-        "settings_hash": settings_hash(rt.settings, arm),
+        "settings_hash": settings_hash(rt.settings, arm, rt.adapter_fingerprint(arm)),
         **adapter_facts(rt, arm),
     }
 
@@ -294,7 +294,7 @@ def run_eval(
         if answer:
             records = answer_all(rt, cfg.arms, flat, cache, progress, on_record)
         else:
-            hashes = {a: settings_hash(rt.settings, a) for a in cfg.arms}
+            hashes = {a: settings_hash(rt.settings, a, rt.adapter_fingerprint(a)) for a in cfg.arms}
             for e in flat:
                 for a in cfg.arms:
                     if (row := cache.get(cache_key(a, e, hashes[a]))) is not None:

@@ -59,7 +59,9 @@ def run_stress(rt: Armada, cfg: EvalConfig, by_ds: Mapping[str, list[Example]]) 
         scores: dict[str, dict[str, dict[str, float]]] = {"baseline": {}, "stressed": {}}
         for e in chosen:
             for arm in arms:
-                base = cache_key(arm, e, settings_hash(rt.settings, arm))
+                base = cache_key(
+                    arm, e, settings_hash(rt.settings, arm, rt.adapter_fingerprint(arm))
+                )
                 for variant, ctx in contexts.items():
                     key = f"{variant}:{cfg.stress}:{cfg.seed}|{base}"
                     if key not in cache:
