@@ -2,17 +2,25 @@
 
 The base model loads lazily (first ``generate``/``load``). Adapters attach to it through peft and
 are chosen per call (``adapter="name"``) or per row of a batch (``adapter_names=[...]``, peft's
-mixed-adapter batches), so many LoRA arms share one copy of the base weights. Greedy decoding by
-default; one generation at a time in the whole process, because two would only fight over the same
-CPU cores and memory bandwidth.
+mixed-adapter batches), so many LoRA arms share one copy of the base weights. ``mix_adapters``
+adds exact weighted sums of loaded adapters as more adapters (a small LRU cache of them). Mixed
+batches run on a leaner LoRA forward than peft's (contiguous runs of rows, no gather/scatter; see
+``_run_mixed_batch_forward``). Greedy decoding by default; one generation at a time in the whole
+process, because two would only fight over the same CPU cores and memory bandwidth.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import numbers
 import threading
+import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,8 +46,26 @@ _GENERATION_LOCK = threading.RLock()
 BATCH_ROWS = 16
 """Rows per forward pass in ``generate_batch``; longer batches run in chunks of this size."""
 
+MIX_CACHE = 8
+"""Weighted mixtures (``mix_adapters``) kept attached at once; the least recently used goes first."""
+
+MIX_DECIMALS = 2
+"""Mixture weights are rounded to this many decimals, for caching and building alike."""
+
 CpuWeights = Literal["fp32", "int8"]
 """How the linear weights are stored on the CPU: fp32, or int8 weight-only (``core.models.quant``)."""
+
+
+@dataclass(frozen=True)
+class _Mixture:
+    """A weighted sum of loaded adapters, attached to the PeftModel as one more LoRA adapter."""
+
+    key: tuple[tuple[str, float], ...]
+    """(expert, rounded weight) pairs, sorted by expert."""
+
+    @property
+    def experts(self) -> frozenset[str]:
+        return frozenset(expert for expert, _ in self.key)
 
 
 class LocalChatModel(ChatModel):
@@ -68,7 +94,8 @@ class LocalChatModel(ChatModel):
         self._model: Any = None  # the transformers model, or a PeftModel around it
         self._placement: hf.Placement | None = None
         self._params = 0
-        self._adapters: dict[str, Path] = {}
+        self._adapters: dict[str, Path] = {}  # the user's adapters, by name
+        self._mixtures: OrderedDict[str, _Mixture] = OrderedDict()  # by name, least recent first
         self._tokenizer_lock = threading.Lock()
         self._cpu_weights: CpuWeights = cpu_weights or (
             "int8" if config.quantization == "int8" else "fp32"
@@ -213,7 +240,10 @@ class LocalChatModel(ChatModel):
         with _GENERATION_LOCK:
             self.load()
             for start in range(0, len(order), BATCH_ROWS):
-                rows = order[start : start + BATCH_ROWS]
+                # Within a chunk, rows of one adapter sit together: contiguous LoRA sub-batches.
+                rows = sorted(
+                    order[start : start + BATCH_ROWS], key=lambda i: _adapter_key(names[i])
+                )
                 generations = self._generate_rows(
                     [prompts[i] for i in rows], [names[i] for i in rows], max_new_tokens, None
                 )
@@ -298,6 +328,8 @@ class LocalChatModel(ChatModel):
         with _GENERATION_LOCK:
             if self._adapters.get(name) == folder:
                 return
+            if name in self._mixtures:
+                raise ModelError(f"adapter name {name!r} is taken by a mixture; unload it first")
             self.load()
             if name in self._adapters:
                 self.unload_adapter(name)
@@ -316,25 +348,167 @@ class LocalChatModel(ChatModel):
             except Exception as e:
                 raise ModelError(f"could not load adapter {name!r} from {folder}: {e}") from e
             self._model.eval()
+            _use_run_forward(self._model)
             self._adapters[name] = folder
             log.info("loaded adapter %s from %s", name, folder)
 
     def unload_adapter(self, name: str) -> None:
+        """Forget the adapter ``name`` and every mixture built from it (a mixture's name drops
+        just that mixture). The last user adapter takes the LoRA layers out: the plain model."""
         with _GENERATION_LOCK:
+            if name in self._mixtures:
+                self._drop_mixture(name)
+                return
             if name not in self._adapters:
                 raise ModelError(f"adapter {name!r} is not loaded; loaded: {self.adapters()}")
+            for mixture in [m for m, mix in self._mixtures.items() if name in mix.experts]:
+                self._drop_mixture(mixture)
             del self._adapters[name]
             if self._adapters:
-                self._model.delete_adapter(name)
+                self._delete_peft_adapter(name)
             else:  # the last one: take the LoRA layers out again, back to the plain model
                 self._model = self._model.unload()
+                self._mixtures.clear()  # (none left: each one used an adapter just dropped)
             log.info("unloaded adapter %s", name)
 
     def adapters(self) -> list[str]:
+        """The user's adapters (mixtures from ``mix_adapters`` are not listed; see ``info()``)."""
         return sorted(self._adapters)
 
+    def mix_adapters(self, weights: Mapping[str, float], *, name: str | None = None) -> str:
+        """The name of an adapter whose weight delta is ``sum(w * delta_W(expert))``.
+
+        ``weights`` maps loaded adapters (the experts) to positive weights; they are rounded to
+        ``MIX_DECIMALS`` decimals (an expert whose weight rounds to 0 is left out). The mixture is
+        peft's ``add_weighted_adapter(combination_type="cat")``: the experts' LoRA matrices side
+        by side (``A`` rows scaled by ``w * lora_alpha / r``), rank the sum of theirs, so it is
+        exact, experts of different ranks or target modules included. It is used like any
+        adapter (``generate(adapter=...)``, ``adapter_names=[...]``) until evicted.
+
+        A single expert at weight 1 is just that expert: its name comes back and nothing is
+        built. Mixtures are cached by (experts, rounded weights): the same mixture again returns
+        the same name without work. At most ``MIX_CACHE`` stay attached; making one more drops
+        the least recently used (its name then raises "not loaded" until mixed again). ``name``
+        names a new mixture (default ``mix_<hash8>`` of its key); a name used by another
+        mixture is rebuilt with these weights. Unloading an expert drops its mixtures.
+        """
+        if not isinstance(weights, Mapping) or not weights:
+            raise ModelError("mix_adapters needs a non-empty {adapter: weight} mapping")
+        with _GENERATION_LOCK:
+            key = self._mixture_key(weights)
+            if len(key) == 1 and key[0][1] == 1.0:
+                return key[0][0]
+            if name is not None:
+                try:
+                    check_name(name, "mixture name")
+                except ValueError as e:
+                    raise ModelError(str(e)) from e
+                if name in self._adapters:
+                    raise ModelError(f"mixture name {name!r} is a loaded adapter's name")
+                if name in self._mixtures and self._mixtures[name].key != key:
+                    self._drop_mixture(name)
+            else:
+                digest = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+                name = next(
+                    (n for n, mix in reversed(self._mixtures.items()) if mix.key == key),
+                    f"mix_{digest}",
+                )
+            if name in self._mixtures:
+                self._mixtures.move_to_end(name)
+                return name
+            self._build_mixture(name, key)
+            self._mixtures[name] = _Mixture(key)
+            while len(self._mixtures) > MIX_CACHE:
+                self._drop_mixture(next(iter(self._mixtures)))
+            return name
+
+    def adapter_bytes(self, name: str) -> int:
+        """Bytes of the parameters adapter (or mixture) ``name`` adds to the model."""
+        with _GENERATION_LOCK:
+            self._check_adapter(name)
+            total = 0
+            for path, param in self._model.named_parameters():
+                parts = path.split(".")
+                owners = [i for i, p in enumerate(parts) if p == name and i > 0]
+                if any(parts[i - 1].startswith("lora_") for i in owners) or any(
+                    parts[i - 1] == "modules_to_save" for i in owners
+                ):
+                    total += param.numel() * param.element_size()
+            return total
+
+    def _mixture_key(self, weights: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+        pairs = []
+        for expert, weight in weights.items():
+            if expert not in self._adapters:
+                what = "a mixture, not an adapter" if expert in self._mixtures else "not loaded"
+                raise ModelError(
+                    f"cannot mix {expert!r}: {what}; loaded adapters: {self.adapters()}"
+                )
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+                raise ModelError(f"weight of {expert!r} is not a number: {weight!r}")
+            if not math.isfinite(weight) or weight <= 0:
+                raise ModelError(f"weight of {expert!r} must be positive and finite, not {weight}")
+            rounded = round(float(weight), MIX_DECIMALS)
+            if rounded > 0:
+                pairs.append((expert, rounded))
+        if not pairs:
+            raise ModelError(f"every weight rounds to 0 at {MIX_DECIMALS} decimals: {weights}")
+        return tuple(sorted(pairs))
+
+    def _build_mixture(self, name: str, key: tuple[tuple[str, float], ...]) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        experts, weights = [e for e, _ in key], [w for _, w in key]
+        model = self._model
+        for expert in experts:
+            config = model.peft_config[expert]
+            if getattr(config, "use_dora", False) or getattr(config, "lora_bias", False):
+                raise ModelError(
+                    f"cannot mix {expert!r}: a DoRA or LoRA-bias adapter is not a sum of B @ A"
+                )
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                model.add_weighted_adapter(experts, weights, name, combination_type="cat")
+        except Exception as e:
+            if name in model.peft_config:
+                self._delete_peft_adapter(name)
+            raise ModelError(f"could not mix adapters {dict(key)}: {e}") from e
+        # "cat" folds each expert's scaling into A and gives the mixture lora_alpha == r, i.e.
+        # scaling 1, unless the first expert used rsLoRA (alpha / sqrt(r)): pin it to 1.
+        model.peft_config[name].use_rslora = False
+        missing = []
+        for path, layer in model.named_modules():
+            if not isinstance(layer, LoraLayer):
+                continue
+            if name in layer.lora_A:
+                layer.scaling[name] = 1.0
+                layer.lora_A[name].requires_grad_(False)
+                layer.lora_B[name].requires_grad_(False)
+            elif any(e in layer.lora_A or e in layer.lora_embedding_A for e in experts):
+                missing.append(path)  # e.g. the first expert's layers_to_transform left it out
+        if missing:
+            self._delete_peft_adapter(name)
+            raise ModelError(
+                f"could not mix adapters {dict(key)}: the mixture misses {len(missing)} of "
+                f"their layers (first: {missing[0]}); mix adapters with the same layer layout"
+            )
+        _use_run_forward(model)
+        log.info("mixed adapters %s into %s", dict(key), name)
+
+    def _drop_mixture(self, name: str) -> None:
+        del self._mixtures[name]
+        self._delete_peft_adapter(name)
+        log.info("dropped mixture %s", name)
+
+    def _delete_peft_adapter(self, name: str) -> None:
+        with warnings.catch_warnings():
+            # peft moves its (unused: every call names its adapters) active adapter elsewhere.
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted.*")
+            self._model.delete_adapter(name)
+
     def _check_adapter(self, name: str | None) -> None:
-        if name is not None and name not in self._adapters:
+        if name is not None and name not in self._adapters and name not in self._mixtures:
             raise ModelError(
                 f"adapter {name!r} is not loaded in {self.name!r}; loaded: {self.adapters()}"
             )
@@ -359,4 +533,81 @@ class LocalChatModel(ChatModel):
             "device": placement.device if placement else None,
             "quantization": self.config.quantization,
             "adapters": {name: str(path) for name, path in sorted(self._adapters.items())},
+            # (a snapshot taken in one step: mix_adapters may change them meanwhile)
+            "mixtures": {name: dict(mix.key) for name, mix in tuple(self._mixtures.items())},
         }
+
+
+# -- mixed-adapter batches -----------------------------------------------------------------------
+
+
+def _adapter_key(name: str | None) -> tuple[bool, str]:
+    """Sort key that groups a batch's rows by adapter (base rows first)."""
+    return (name is not None, name or "")
+
+
+def _adapter_runs(adapter_names: Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(adapter, start, stop)`` for each run of equal consecutive names."""
+    runs: list[tuple[str, int, int]] = []
+    start = 0
+    for i in range(1, len(adapter_names) + 1):
+        if i == len(adapter_names) or adapter_names[i] != adapter_names[start]:
+            runs.append((adapter_names[start], start, i))
+            start = i
+    return runs
+
+
+def _run_mixed_batch_forward(
+    layer: Any, x: Any, *args: Any, adapter_names: list[str], **kwargs: Any
+) -> Any:
+    """peft's mixed-adapter LoRA forward (``lora.Linear._mixed_batch_forward``) over contiguous
+    runs of rows: per adapter, one ``mm`` and one in-place ``addmm_`` on a slice of the output
+    (views), instead of a gather, module calls and a scatter. In eval mode (no dropout) the same
+    sum, ``result + scaling * B(A(x))``, up to float rounding.
+
+    ``generate_batch`` groups rows by adapter, so a chunk has one run per adapter; any order is
+    still correct, only with more runs. LoRA variants (DoRA, aLoRA) take peft's own path.
+    """
+    runs = _adapter_runs(adapter_names)
+    if (
+        layer.training
+        or kwargs.get("alora_offsets") is not None
+        or any(a in layer.lora_variant for a, _, _ in runs)
+    ):
+        return type(layer)._mixed_batch_forward(
+            layer, x, *args, adapter_names=adapter_names, **kwargs
+        )
+    kwargs.pop("alora_offsets", None)
+    result = layer.base_layer(x, *args, **kwargs)
+    if not result.is_contiguous():
+        result = result.contiguous()
+    flat = result.view(-1, result.shape[-1])  # [rows * positions, out], rows outermost
+    x_flat = x.reshape(-1, x.shape[-1])
+    per_row = flat.shape[0] // len(adapter_names)
+    for adapter, start, stop in runs:
+        if adapter not in layer.lora_A:  # the base model ("__base__"), or not on this layer
+            continue
+        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        sub = x_flat[start * per_row : stop * per_row]
+        rows = flat[start * per_row : stop * per_row]
+        # rows += scaling * (sub @ A.T) @ B.T, in place; eval mode has no dropout.
+        if sub.dtype == a.dtype == rows.dtype:
+            rows.addmm_(sub @ a.t(), b.t(), alpha=layer.scaling[adapter])
+        else:  # e.g. fp32 adapters on a bf16 model
+            out = (sub.to(a.dtype) @ a.t()) @ b.t() * layer.scaling[adapter]
+            rows += out.to(rows.dtype)
+    return result
+
+
+def _use_run_forward(model: Any) -> int:
+    """Give every peft ``lora.Linear`` of ``model`` the run-based mixed-batch forward (on the
+    instance: nothing else in the process changes). Returns how many layers have it."""
+    from peft.tuners.lora.layer import Linear
+
+    count = 0
+    for module in model.modules():
+        if type(module) is Linear:  # subclasses (quantized layers) keep their own
+            if "_mixed_batch_forward" not in vars(module):
+                module._mixed_batch_forward = types.MethodType(_run_mixed_batch_forward, module)
+            count += 1
+    return count
