@@ -341,33 +341,71 @@ def adapters_rollback(name: str) -> None:
 @raft_app.command("router")
 def raft_router(
     expert: Annotated[
-        list[str], typer.Option("--expert", "-e", help="EXPERT=TRAINING.jsonl (one per expert)")
+        list[str],
+        typer.Option(
+            "--expert",
+            "-e",
+            help="EXPERT=SOURCE: a training JSONL or a dataset spec KIND:PATH (repeatable)",
+        ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for prototypes + gate")],
     metric: Annotated[str, typer.Option(help="cosine | mahalanobis")] = "mahalanobis",
+    held_out: Annotated[
+        float, typer.Option(help="Leave out this seeded fraction of each dataset spec")
+    ] = 0.0,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Drop every question of this dataset spec")
+    ] = None,
+    max_per_expert: int = 1000,
     seed: int = 0,
 ) -> None:
-    """Fit the expert routers of a multi_lora_raft arm from each expert's training questions:
+    """Fit the expert routers of a multi_lora_raft arm from questions of each expert's domain:
     prototypes (OUT/prototypes.json) and a gate (OUT/gate/). Point the arm's options at them:
-    ``prototypes = "OUT/prototypes.json"`` or ``router = "gate", gate_dir = "OUT/gate"``."""
+    ``prototypes = "OUT/prototypes.json"`` or ``router = "gate", gate_dir = "OUT/gate"``.
+
+    Questions only (no answers) are needed, so a router can learn from more of a domain than
+    the adapter was trained on; ``--held-out`` and ``--exclude`` keep evaluation questions out."""
+    import random
+
     import numpy as np
 
+    from core.datasets import load_dataset, split
     from core.retrieval import embed_texts
     from routers.experts import PrototypeRouter, train_gate
     from training.raft import read_records
 
+    def norm(q: str) -> str:
+        return " ".join(q.lower().split())
+
     s = load_settings()
     try:
-        by_expert: dict[str, np.ndarray] = {}
+        banned = {norm(e.question) for spec in exclude or [] for e in load_dataset(spec)}
+        questions: dict[str, list[str]] = {}
         for item in expert:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise InputError(f"--expert takes EXPERT=FILE, got {item!r}")
-            records, _ = read_records(Path(path))
-            questions = [r["question"] for r in records if r.get("question")]
-            if not questions:
-                raise InputError(f"{path}: no records with a 'question' field")
-            by_expert[name] = np.asarray(embed_texts(s, questions), dtype=np.float32)
+            name, sep, source = item.partition("=")
+            if not sep or not name or not source:
+                raise InputError(f"--expert takes EXPERT=SOURCE, got {item!r}")
+            if source.endswith(".jsonl") and Path(source).is_file():
+                records, _ = read_records(Path(source))
+                found = [r["question"] for r in records if r.get("question")]
+            else:
+                loaded = load_dataset(source)
+                pool = [e for e in loaded if e.gold]
+                left = {e.id for e in split(pool, held_out, seed)[1]} if held_out else set()
+                found = [e.question for e in loaded if e.id not in left]
+            bucket = questions.setdefault(name, [])
+            seen = {norm(q) for q in bucket}
+            for q in found:
+                if norm(q) not in seen and norm(q) not in banned:
+                    seen.add(norm(q))
+                    bucket.append(q)
+        by_expert: dict[str, np.ndarray] = {}
+        for name, qs in questions.items():
+            if not qs:
+                raise InputError(f"expert {name!r}: no questions left to fit on")
+            if len(qs) > max_per_expert:
+                qs = random.Random(f"{seed}:{name}").sample(qs, max_per_expert)
+            by_expert[name] = np.asarray(embed_texts(s, qs), dtype=np.float32)
         protos = PrototypeRouter.from_embeddings(by_expert, metric=metric)
         experts = list(by_expert)
         x = np.concatenate([by_expert[e] for e in experts])
@@ -378,7 +416,8 @@ def raft_router(
         gate.save(out_dir / "gate")
     except (ArmadaError, ValueError) as e:
         _fail(e)
+    counts = {e: len(v) for e, v in by_expert.items()}
     console.print(
-        f"wrote {out_dir / 'prototypes.json'} ({metric}) and {out_dir / 'gate'} "
-        f"(train accuracy {gate.metrics.get('train_accuracy')})"
+        f"wrote {out_dir / 'prototypes.json'} ({metric}) and {out_dir / 'gate'} from {counts} "
+        f"questions (gate train accuracy {gate.metrics.get('train_accuracy')})"
     )

@@ -506,3 +506,59 @@ def test_cli_build_train_list_verify_remove(home, tiny_model_dir, tmp_path, monk
     assert r.exit_code == 0 and not folder.exists()
     r = runner.invoke(app, ["train", str(tmp_path / "missing.jsonl"), "--name", "x"])
     assert r.exit_code == 1 and "no such training file" in " ".join(r.output.split())
+
+
+def test_cli_fits_expert_routers_from_questions(home, tmp_path):
+    from app.cli import app
+    from routers.experts import Gate, PrototypeRouter
+
+    def write(name: str, questions: list[str]) -> Path:
+        examples = [Example(str(i), q, ("a",), dataset=name) for i, q in enumerate(questions)]
+        path = tmp_path / f"{name}.jsonl"
+        write_raft(build_ft(examples), path, None, kind="ft")
+        return path
+
+    people = [
+        "Ada Lovelace",
+        "Alan Turing",
+        "Marie Curie",
+        "Nikola Tesla",
+        "Jane Austen",
+        "Leo Tolstoy",
+    ]
+    bio = write("popqa", [f"What is {p}'s occupation?" for p in people])
+    med = write(
+        "pubmedqa",
+        [f"Does {d} reduce mortality in patients with {c}?" for d in ("aspirin", "statins", "insulin")
+         for c in ("sepsis", "diabetes")],
+    )  # fmt: skip
+    out = tmp_path / "router"
+    r = CliRunner().invoke(
+        app,
+        [
+            "raft",
+            "router",
+            "-e",
+            f"popqa={bio}",
+            "-e",
+            f"pubmedqa={med}",
+            "--out",
+            str(out),
+            "--metric",
+            "cosine",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    protos = PrototypeRouter.load(out / "prototypes.json")
+    gate = Gate.load(out / "gate", experts=["popqa", "pubmedqa"])
+    from core.retrieval import embed_texts
+
+    x = embed_texts(
+        Settings(home=home),
+        ["What is Charles Darwin's occupation?", "Does metformin reduce mortality in sepsis?"],
+    )
+    for router in (protos, gate):
+        probs = router.predict_proba(x)
+        assert probs[0].argmax() == 0 and probs[1].argmax() == 1
+    r = CliRunner().invoke(app, ["raft", "router", "-e", "popqa", "--out", str(out)])
+    assert r.exit_code == 1 and "EXPERT=SOURCE" in r.output
