@@ -216,9 +216,25 @@ def doctor() -> None:
         marker = ensure_local_model(cfg.model, s.model_cache_dir)
         return str(marker)
 
+    def adapters() -> str:
+        from core.adapters import registry
+        from core.store import Store
+
+        st = Store(s.db_url, s.store.busy_timeout_ms)
+        try:
+            rows = registry.list_adapters(st)
+            missing = [f"{a.name} v{a.version}" for a in rows if not Path(a.path).is_dir()]
+            if missing:
+                raise ArmadaError(f"adapter folders missing: {', '.join(missing)}")
+            serving = sorted({a.name for a in rows if a.status == registry.PROMOTED})
+            return f"{len(rows)} registered; promoted: {', '.join(serving) or 'none'}"
+        finally:
+            st.close()
+
     row("database", database)
     row("corpus", corpus)
     row("default model", model)
+    row("adapters", adapters)
     versions = []
     for dist in ("torch", "transformers", "peft", "langgraph", "chromadb", "bm25s", "streamlit"):
         try:
