@@ -253,6 +253,10 @@ app.add_typer(raft_app, name="raft")
 app.add_typer(adapters_app, name="adapters")
 app.command("train")(train_cmd)
 
+from app.cli_nightly import retrain_cmd  # noqa: E402
+
+app.command("retrain")(retrain_cmd)
+
 arms_app = typer.Typer(help="List, enable and disable arms.", no_args_is_help=False)
 app.add_typer(arms_app, name="arms")
 

@@ -93,6 +93,7 @@ class Armada:
         self._policy: Policy | None = None
         self._policy_arms: tuple[str, ...] = ()
         self._policy_seq = -1
+        self._policy_adapters: tuple = ()
         self._policy_lock = threading.RLock()
         self._classifier: CategoryClassifier | None = None
         self.check_adapter_arms()
@@ -236,7 +237,13 @@ class Armada:
         with self._policy_lock:
             arms = tuple(self.enabled_arms())
             seq = self.store.feedback_seq()
-            if self._policy is None or (arms, seq) != (self._policy_arms, self._policy_seq):
+            adapters = self._adapter_versions(arms)
+            if (
+                self._policy is None
+                or (arms, seq) != (self._policy_arms, self._policy_seq)
+                or adapters != self._policy_adapters
+            ):
+                self._policy_adapters = adapters
                 self._policy = self._build_policy(arms)
                 # Seq and events from one snapshot: a vote committed in between would otherwise
                 # be folded in now and applied again by feedback() below.
@@ -251,10 +258,36 @@ class Armada:
         opts = dict(r.options)
         if r.policy == "fixed":
             opts.setdefault("arm", r.arm)
-        priors = {a.name: a.prior for a in self.settings.arms if a.prior is not None}
+        # A promoted adapter's offline score is its arm's prior; a configured prior wins.
+        priors = {
+            **self._offline_priors(arms),
+            **{a.name: a.prior for a in self.settings.arms if a.prior is not None},
+        }
         if priors and r.policy not in ("fixed", "uniform"):
             opts["priors"] = {**priors, **opts.get("priors", {})}
         return build_policy(r.policy, arms, seed=r.seed, **opts)
+
+    def _adapter_versions(self, arms: tuple[str, ...]) -> tuple:
+        """The adapter versions the arms serve (a promotion rebuilds the policy)."""
+        try:
+            return tuple((a, tuple(sorted(self.adapter_fingerprint(a).items()))) for a in arms)
+        except Exception:  # an arm that cannot even be built: no adapters to track
+            return ()
+
+    def _offline_priors(self, arms: tuple[str, ...]) -> dict[str, float]:
+        from core.adapters import registry
+
+        out: dict[str, float] = {}
+        for arm in arms:
+            try:
+                names = self.agent(arm).adapter_names()
+            except Exception:
+                continue
+            if len(names) == 1 and not _is_path(names[0]):
+                score = registry.offline_prior(self.store, names[0])
+                if score is not None:
+                    out[arm] = float(score)
+        return out
 
     @property
     def classifier(self) -> CategoryClassifier:

@@ -151,6 +151,60 @@ class LimitsConfig(BaseModel):
     max_comment_chars: int = Field(10_000, ge=0)
 
 
+class NightlyConfig(BaseModel):
+    """The nightly retraining job (``armada retrain``, ``training/nightly.py``): votes → data → a
+    candidate LoRA → an offline gate against the champion → promoted or rejected."""
+
+    arm: str = "raft"
+    """The arm whose adapter is improved (a ``raft`` or ``ft`` arm with a registered adapter)."""
+    source_arms: list[str] = Field(default_factory=list)
+    """Only interactions answered by these arms become data (empty: every arm)."""
+    min_reward: float = Field(0.5, ge=0.0, le=1.0)
+    """A vote whose reward is at least this is a thumbs-up."""
+    negative_below: float = Field(0.5, ge=0.0, le=1.0)
+    """A vote whose score is below this is a thumbs-down (an interaction with both is dropped)."""
+    max_per_voter: int = Field(20, ge=1)
+    """At most this many examples per voter and run (the anonymous voter "" is one voter)."""
+    max_per_session: int = Field(5, ge=1)
+    """At most this many examples per conversation thread and run."""
+    min_examples: int = Field(20, ge=1)
+    """Fewer new examples than this: the run is skipped (the votes wait for the next run)."""
+    near_dup_jaccard: float = Field(0.9, gt=0.0, le=1.0)
+    """Questions whose word-bigram Jaccard similarity reaches this are near-duplicates."""
+    scrub_pii: bool = True
+    """Replace e-mail addresses and phone numbers by [email] / [phone] in the data."""
+    replay_data: Path | None = None
+    """The original RAFT training file; a seeded sample of it is mixed in against forgetting."""
+    replay_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    """Share of replayed records in the training mix."""
+    teacher: str | None = None
+    """A configured model (``settings.models``) that re-answers each example with the same
+    context (distillation); None: train on the voted answers."""
+    teacher_max_new_tokens: int = Field(64, ge=1)
+    eval_datasets: list[str] = Field(default_factory=list)
+    """The fixed evaluation set (``KIND:PATH`` specs); its questions are never trained on."""
+    eval_n: int = Field(100, ge=1)
+    eval_seed: int = 0
+    eval_require_gold: bool = False
+    metric: str = "primary"
+    """The gate's metric: ``primary`` (each dataset's headline metric), ``f1``, ``em``, …"""
+    margin: float = 0.0
+    """Promote when the lower end of the 95% interval of (candidate − champion) exceeds this."""
+    equal_tolerance: float = Field(0.01, ge=0.0)
+    """Equal quality: the interval contains 0 and the mean difference is ≥ −this."""
+    cheaper_by: float | None = Field(0.1, ge=0.0, lt=1.0)
+    """Equal quality and this much smaller (adapter bytes) or faster (p50 latency) also promotes;
+    None turns that rule off."""
+    n_boot: int = Field(2000, ge=100)
+    keep_old: bool = True
+    """True: earlier versions stay on disk. False: after a promotion, retired, rolled-back and
+    rejected versions older than the previous champion are removed (it stays: the roll-back
+    target)."""
+    train: dict[str, Any] = Field(default_factory=dict)
+    """``TrainConfig`` overrides; the rest comes from the champion's hyperparameters."""
+    seed: int = 0
+
+
 def _default_arms() -> list[ArmConfig]:
     # Starting beliefs (offline-score priors, worth 10 votes each): grounded answers are expected
     # to beat the closed-book baseline; votes move them from there.
@@ -175,6 +229,7 @@ class Settings(BaseSettings):
     arms: list[ArmConfig] = Field(default_factory=_default_arms)
     router: RouterConfig = RouterConfig()
     limits: LimitsConfig = LimitsConfig()
+    nightly: NightlyConfig = NightlyConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -296,3 +296,51 @@ def verify_registered(
             set_status(store, row.name, row.version, BROKEN, message)
         return message
     return None
+
+
+# -- the nightly job's helpers (one transaction with its decision record) ----------------------------
+OFFLINE_SCORE = "offline_score"
+"""``metrics`` key of a version's score on the nightly job's fixed evaluation set (0–1)."""
+
+
+def set_status_in(
+    s: Any,
+    name: str,
+    version: int,
+    status: str,
+    *,
+    reason: str = "",
+    metrics: dict[str, Any] | None = None,
+) -> Adapter:
+    """``set_status`` inside the caller's write session ``s`` (it commits or rolls back with the
+    caller's other writes). ``PROMOTED`` retires the version promoted before; ``metrics`` are
+    merged into the row's; a broken version cannot be promoted."""
+    _check_status(status)
+    row = s.exec(select(Adapter).where(Adapter.name == name, Adapter.version == version)).first()
+    if row is None:
+        raise AdapterError(f"no adapter {name!r} version {version}")
+    if status == PROMOTED:
+        if row.status == BROKEN:
+            raise AdapterError(f"adapter {name!r} v{version} is broken; fix or retrain it")
+        _retire_promoted(s, name, keep=row)
+    merged = dict(row.metrics or {}) | dict(metrics or {})  # a new dict: the JSON column is written
+    if reason:
+        merged["status_reason"] = reason
+    else:
+        merged.pop("status_reason", None)
+    row.status, row.metrics = status, merged
+    s.add(row)
+    return row
+
+
+def offline_prior(store: Store, name: str) -> float | None:
+    """The offline score (0–1) of the version of ``name`` that serves now, or None: what a
+    bandit can start the arms serving it from (``ArmConfig.prior``)."""
+    try:
+        row = resolve(store, name)
+    except AdapterError:
+        return None
+    score = (row.metrics or {}).get(OFFLINE_SCORE)
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        return None
+    return min(1.0, max(0.0, float(score)))

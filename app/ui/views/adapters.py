@@ -113,6 +113,7 @@ def _nightly(rt: Armada) -> None:
                 "started": r.created_at,
                 "status": r.status,
                 "decision": (r.metrics or {}).get("decision", ""),
+                "reasons": "; ".join((r.metrics or {}).get("reasons") or []),
                 "candidate": json.dumps((r.metrics or {}).get("candidate", {}))[:120],
                 "champion": json.dumps((r.metrics or {}).get("champion", {}))[:120],
             }
