@@ -237,6 +237,7 @@ def _store():  # noqa: ANN202
 def adapters_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Registered adapters: name, version, status, base model, size, training time."""
     from core.adapters import registry
+    from core.adapters.format import read_meta
 
     _, store = _store()
     rows = registry.list_adapters(store)
@@ -246,11 +247,15 @@ def adapters_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
     table = Table("name", "version", "status", "kind", "MB", "train s", "path")
     for a in rows:
         m = a.metrics or {}
+        try:
+            kind = read_meta(Path(a.path)).get("kind", "")
+        except (OSError, ValueError):
+            kind = "(meta unreadable)"
         table.add_row(
             a.name,
             str(a.version),
             a.status,
-            str(m.get("kind", "")),
+            kind,
             str(m.get("adapter_mb", "")),
             str(m.get("train_time_s", "")),
             a.path,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from core.datasets import Example, load_dataset, split
-from core.store.tables import Adapter, EvalRun, utcnow
+from core.store.tables import EvalRun, utcnow
 from evals.cache import JsonlCache, cache_key, exclusive, settings_hash
 
 if TYPE_CHECKING:
@@ -211,26 +211,48 @@ def _metadata_number(path: Path, keys: tuple[str, ...]) -> float | None:
 def adapter_facts(rt: Armada, arm: str) -> dict[str, Any]:
     """Training time and adapter size from the arm's adapter metadata; zeros without an adapter.
 
-    The adapter is found in the ``adapter`` table (latest version of that name) or under
+    An arm's adapters are what its agent names (``ft``/``raft`` default to their own name, a
+    ``multi_lora_raft`` arm has one per expert: times and sizes are summed). Each is found in the
+    ``adapter`` table (the version it serves, else the latest) or under
     ``settings.adapters_dir/NAME``; a fact its metadata lacks is None, not guessed.
     """
-    name = rt.settings.arm(arm).adapter
-    if not name:
+    cfg = rt.settings.arm(arm)
+    names = rt.agent_classes[cfg.agent](cfg).adapter_names()
+    if not names:
         return {"adapter": None, "train_time_s": 0.0, "adapter_mb": 0.0}
-    from sqlmodel import select
+    from core.adapters import registry
+    from core.errors import AdapterError
 
-    with rt.store.session() as s:
-        row = s.exec(
-            select(Adapter).where(Adapter.name == name).order_by(Adapter.version.desc())
-        ).first()
-    path = Path(row.path) if row else rt.settings.adapters_dir / name
-    train = (row.metrics or {}).get("train_time_s") if row else None
-    if not isinstance(train, int | float) and path.is_dir():
-        train = _metadata_number(path, ("train_time_s", "training_time_s", "train_runtime"))
+    train_total: float | None = 0.0
+    mb_total: float | None = 0.0
+    for name in names:
+        row = None
+        try:
+            row = registry.resolve(rt.store, name)
+        except AdapterError:
+            rows = registry.list_adapters(rt.store, name)
+            row = max(rows, key=lambda a: a.version, default=None)
+        path = (
+            Path(row.path)
+            if row
+            else Path(name)
+            if "/" in name
+            else rt.settings.adapters_dir / name
+        )
+        train = (row.metrics or {}).get("train_time_s") if row else None
+        if not isinstance(train, int | float) and path.is_dir():
+            train = _metadata_number(path, ("train_time_s", "training_time_s", "train_runtime"))
+        mb = _folder_mb(path) if path.is_dir() else None
+        train_total = (
+            train_total + float(train)
+            if isinstance(train, int | float) and train_total is not None
+            else None
+        )
+        mb_total = mb_total + mb if mb is not None and mb_total is not None else None
     return {
-        "adapter": name,
-        "train_time_s": float(train) if isinstance(train, int | float) else None,
-        "adapter_mb": _folder_mb(path) if path.is_dir() else None,
+        "adapter": ",".join(names),
+        "train_time_s": round(train_total, 2) if train_total is not None else None,
+        "adapter_mb": round(mb_total, 3) if mb_total is not None else None,
     }
 
 
