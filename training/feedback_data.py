@@ -180,11 +180,21 @@ def _order_key(seed: int, salt: str, interaction_id: str) -> str:
     return hashlib.sha256(f"{seed}:{salt}:{interaction_id}".encode()).hexdigest()
 
 
-def eval_questions(specs: Sequence[str]) -> set[str]:
-    """The normalised questions of every example of the evaluation datasets (never trained on)."""
+def eval_questions(
+    specs: Sequence[str], n: int | None = None, seed: int = 0, require_gold: bool = False
+) -> set[str]:
+    """The normalised questions of the fixed evaluation set (never trained on): the ``n``
+    examples per dataset the evaluation harness picks with ``seed`` (all when ``n`` is None)."""
     from core.datasets import load_dataset
+    from evals.harness import select_examples
 
-    return {normalize_answer(e.question) for spec in specs for e in load_dataset(spec)}
+    out: set[str] = set()
+    for spec in specs:
+        examples = load_dataset(spec)
+        if n is not None:
+            examples = select_examples(examples, n, seed, require_gold)
+        out |= {normalize_answer(e.question) for e in examples}
+    return out
 
 
 def read_votes(

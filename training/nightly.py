@@ -355,7 +355,7 @@ def _gather(
     settings: Settings, store: Store, t: _Target, from_seq: int, to_seq: int, salt: str
 ) -> fd.Gathered:
     cfg = settings.nightly
-    eval_set = fd.eval_questions(cfg.eval_datasets) if cfg.eval_datasets else set()
+    eval_set = _eval_set(cfg)
     return fd.gather_feedback(
         store,
         _passages_of(settings),
@@ -460,7 +460,7 @@ def _write_data(
     records = fd.to_records(examples, kind=t.kind, system=t.system, max_words=t.max_words)
     replay, replay_stats = [], None
     if cfg.replay_data is not None and cfg.replay_fraction > 0:
-        eval_set = fd.eval_questions(cfg.eval_datasets) if cfg.eval_datasets else set()
+        eval_set = _eval_set(cfg)
         n = fd.replay_count(len(records), cfg.replay_fraction)
         replay, replay_stats = fd.sample_replay(
             cfg.replay_data, n, cfg.seed, state["run_id"], eval_set
@@ -909,6 +909,13 @@ def _champion_info(t: _Target) -> dict[str, Any]:
 def _run_id(arm: str, from_seq: int, to_seq: int) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     return f"{stamp}-{arm}-{from_seq}-{to_seq}"
+
+
+def _eval_set(cfg: Any) -> set[str]:
+    """The questions of the gate's fixed evaluation set, kept out of every training mix."""
+    if not cfg.eval_datasets:
+        return set()
+    return fd.eval_questions(cfg.eval_datasets, cfg.eval_n, cfg.eval_seed, cfg.eval_require_gold)
 
 
 def run_nightly(
