@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from core.datasets import Example
+from core.datasets import Example, _iter_jsonl
 from core.errors import InputError
 from core.retrieval.storage import atomic_write_text
 from core.types import Passage
@@ -286,19 +286,9 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path}: no such training file")
     raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n}: invalid JSON ({e.msg})") from None
-        msgs = rec.get("messages") if isinstance(rec, dict) else None
+    for _, n, rec in _iter_jsonl(path):
+        msgs = rec.get("messages")
         if (
             not isinstance(msgs, list)
             or len(msgs) < 2
