@@ -160,7 +160,12 @@ class MultiLoraRaftAgent(RaftAgent):
             if getattr(router, "needs_embedding", False) and ctx.embed is not None:
                 embedding = ctx.embed([question])[0]
             choice = router.route(question, embedding, dataset=ctx.tags.get("dataset"))
-        weights = {ctx.adapter(self.experts[e]): w for e, w in choice.weights.items()}
+        # Mixing weights in steps of 0.1: mixtures are built once and reused (an LRU of a few),
+        # not rebuilt for every question's slightly different soft weights.
+        coarse = {e: round(w, 1) for e, w in choice.weights.items() if round(w, 1) > 0}
+        coarse = coarse or {choice.top(): 1.0}
+        total = sum(coarse.values())
+        weights = {ctx.adapter(self.experts[e]): w / total for e, w in coarse.items()}
         if len(weights) == 1:
             loaded = next(iter(weights))
         else:

@@ -292,9 +292,11 @@ def adapters_remove(
     """Remove an adapter (or one version) from the registry and disk."""
     from core.adapters import registry
 
-    _, store = _store()
+    s, store = _store()
     try:
-        removed = registry.remove(store, name, version, delete_files=not keep_files, force=force)
+        removed = registry.remove(
+            store, name, version, delete_files=not keep_files, force=force, root=s.adapters_dir
+        )
     except ArmadaError as e:
         _fail(e)
     console.print(f"removed {len(removed)} version(s) of {name}")

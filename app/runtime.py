@@ -21,6 +21,7 @@ from agents.base import Agent
 from agents.plugins import load_agents
 from app.state import fresh_turn
 from core.config import Settings, load_settings
+from core.config import is_adapter_path as _is_path
 from core.errors import InputError, PluginError
 from core.store import Store
 from core.store.feedback import VoteResult
@@ -87,6 +88,7 @@ class Armada:
         self._agents: dict[str, Agent] = {}
         self._adapter_lock = threading.RLock()
         self._adapter_metas: dict[str, dict[str, Any]] = {}
+        self._adapter_shas: dict[str, str] = {}
         self._retriever: Retriever | None = None
         self._graph: Any = None
         self._checkpointer: Any = None
@@ -174,7 +176,11 @@ class Armada:
         out: dict[str, str] = {}
         for name in self.agent(arm).adapter_names():
             if _is_path(name):
-                out[name] = "path"
+                folder = Path(name).expanduser()
+                try:
+                    out[name] = registry.manifest_sha256(folder)[:16]
+                except OSError:
+                    out[name] = "missing"
                 continue
             try:
                 row = registry.resolve(self.store, name)
@@ -207,24 +213,32 @@ class Armada:
                 if _is_path(name):
                     folder = Path(name).expanduser().resolve()
                     tag = "p_" + hashlib.sha256(str(folder).encode()).hexdigest()[:10]
+                    sha = registry.manifest_sha256(folder) if folder.is_dir() else ""
                 else:
                     row = registry.resolve(self.store, name)
-                    folder, tag = Path(row.path), f"{name}_v{row.version}"
+                    folder, tag, sha = Path(row.path), f"{name}_v{row.version}", row.sha256
                 with self._adapter_lock:
+                    stale = tag in model.adapters() and self._adapter_shas.get(tag) != sha
+                    if stale:  # a reused version number or a folder rewritten in place
+                        model.unload_adapter(tag)
                     if tag not in model.adapters():
                         meta = load_verified(model, tag, folder)
                         for old in model.adapters():  # older versions of this adapter
                             if old != tag and old.rsplit("_v", 1)[0] == name:
                                 model.unload_adapter(old)
-                        self._adapter_metas[tag] = meta
+                        self._adapter_metas[tag], self._adapter_shas[tag] = meta, sha
                     meta = self._adapter_metas.get(tag) or read_meta(folder)
-            except AdapterError as e:
+            except (AdapterError, OSError) as e:
                 reason = str(e)
                 self.store.set_arm_status(arm, "broken", reason)
-                if row is not None and "is not registered" not in reason:
+                if row is not None and _files_damaged(folder):
+                    # Only damage to the files marks the version itself; a mismatch with this
+                    # arm's model (another base) or a runtime failure disables just the arm.
                     registry.set_status(self.store, name, row.version, registry.BROKEN, reason)
                 log.error("arm %s disabled: %s", arm, reason)
-                raise
+                if isinstance(e, AdapterError):
+                    raise
+                raise AdapterError(reason) from e
             loaded[name], metas[name] = tag, meta
         return loaded, metas
 
@@ -451,9 +465,16 @@ class Armada:
         self.store.close()
 
 
-def _is_path(name: str) -> bool:
-    """An arm's adapter given as a folder (``./adapters/x``) rather than a registry name."""
-    return "/" in name or name.startswith((".", "~"))
+def _files_damaged(folder: Path) -> bool:
+    """Whether the adapter folder itself fails verification (checksums, format, weights)."""
+    from core.adapters.verify import verify_files
+    from core.errors import AdapterError
+
+    try:
+        verify_files(folder)
+    except AdapterError:
+        return True
+    return False
 
 
 def _clean_tags(tags: dict[str, str] | None) -> dict[str, str]:

@@ -33,6 +33,12 @@ def default_home() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "data"
 
 
+def is_adapter_path(name: str) -> bool:
+    """An arm's adapter given as a folder (``./adapters/x``, ``~/x``, ``/x``) rather than a
+    registry name (registry names are ``[a-z0-9_]``, so they never look like paths)."""
+    return "/" in name or name.startswith((".", "~"))
+
+
 def check_name(name: str, what: str = "name") -> str:
     """Validate an arm/agent/adapter name: lowercase, starts with a letter, [a-z0-9_], ≤ 48 chars."""
     if not isinstance(name, str) or not NAME_RE.match(name):

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from core.config import is_adapter_path as is_path
 from core.datasets import Example, load_dataset, split
 from core.store.tables import EvalRun, utcnow
 from evals.cache import JsonlCache, cache_key, exclusive, settings_hash
@@ -235,8 +236,8 @@ def adapter_facts(rt: Armada, arm: str) -> dict[str, Any]:
         path = (
             Path(row.path)
             if row
-            else Path(name)
-            if "/" in name
+            else Path(name).expanduser()
+            if is_path(name)
             else rt.settings.adapters_dir / name
         )
         train = (row.metrics or {}).get("train_time_s") if row else None

@@ -440,3 +440,35 @@ def test_ui_registry_reexports_the_core_registry():
     assert ui_registry.promote is registry.promote
     assert ui_registry.roll_back is registry.roll_back
     assert ui_registry.previous_version is registry.previous_version
+
+
+def test_a_broken_champion_does_not_hand_over_to_an_unvetted_version(adapters, settings, store):
+    registry.register(store, publish(adapters["a"], settings, "qa", 1))
+    registry.promote(store, "qa", 1)
+    registry.register(store, publish(adapters["a"], settings, "qa", 2), version=2)  # a candidate
+    registry.set_status(store, "qa", 1, registry.BROKEN, "checksum mismatch")
+    with pytest.raises(AdapterError, match=r"no servable version \(v1 broken, v2 registered\)"):
+        registry.resolve(store, "qa")
+    registry.promote(store, "qa", 2)  # the operator decides
+    assert registry.resolve(store, "qa").version == 2
+
+
+def test_remove_leaves_a_folder_registered_from_outside_the_adapters_root(
+    adapters, settings, store, tmp_path
+):
+    outside = copy_of(adapters["a"], tmp_path, "mine")
+    registry.register(store, outside, name="mine", version=1)
+    registry.remove(store, "mine", root=settings.adapters_dir)
+    assert registry.list_adapters(store, "mine") == [] and (outside / "meta.json").is_file()
+    inside = publish(adapters["a"], settings, "qa", 1)
+    registry.register(store, inside)
+    registry.remove(store, "qa", root=settings.adapters_dir)
+    assert not inside.exists()
+
+
+def test_register_refuses_names_that_cannot_be_loaded(adapters, store, tmp_path):
+    folder = copy_of(adapters["a"], tmp_path, "bad")
+    with pytest.raises(AdapterError, match="adapter name"):
+        registry.register(store, folder, name="Bad-Name", version=1)
+    with pytest.raises(AdapterError, match="longer than 40"):
+        registry.register(store, folder, name="a" * 41, version=1)

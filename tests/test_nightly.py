@@ -726,3 +726,20 @@ def test_cli_dry_run_and_status(nhome, tiny_model_dir, monkeypatch):
     assert res.exit_code == 0 and "watermark seq 0, newest vote seq 5" in res.output
     res = runner.invoke(app, ["retrain", "--dry-run", "--arm", "nope"])
     assert res.exit_code == 1 and "unknown arm" in res.output
+
+
+def test_a_candidate_that_failed_questions_is_rejected_even_if_equal_and_cheaper(
+    settings, tmp_path
+):
+    from training.nightly import _decide
+
+    pairs = [{"id": str(i), "metric": "f1", "candidate": 0.0, "champion": 0.0} for i in range(20)]
+    evaluation = {
+        "pairs": pairs,
+        "candidate": {"score": 0.0, "latency_p50_ms": 10.0, "adapter_bytes": 100, "failures": 0},
+        "champion": {"score": 0.0, "latency_p50_ms": 100.0, "adapter_bytes": 1000, "failures": 0},
+    }
+    assert _decide(settings, tmp_path, evaluation).decision == "promoted"  # equal and cheaper
+    evaluation["candidate"]["failures"] = 3
+    d = _decide(settings, tmp_path, evaluation)
+    assert d.decision == "rejected" and "failed on 3 evaluation question(s)" in d.reasons[-1]

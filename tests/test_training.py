@@ -562,3 +562,29 @@ def test_cli_fits_expert_routers_from_questions(home, tmp_path):
         assert probs[0].argmax() == 0 and probs[1].argmax() == 1
     r = CliRunner().invoke(app, ["raft", "router", "-e", "popqa", "--out", str(out)])
     assert r.exit_code == 1 and "EXPERT=SOURCE" in r.output
+
+
+def test_a_checkpoint_whose_two_files_disagree_is_ignored(home, tiny_model_dir, tmp_path):
+    """A kill between writing the tensors and the bookkeeping of a checkpoint: start over."""
+    from training.lora import RUNS_DIR, STATE_JSON, train
+
+    s = _tiny_settings(home, tiny_model_dir)
+    data = _raft_file(tmp_path, n=10)
+    cfg = _cfg(tiny_model_dir, checkpoint_every=2, epochs=2, batch_tokens=256)
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            data,
+            "raft",
+            s,
+            cfg,
+            on_step=lambda st: (
+                steps.append(st) or (st == 5 and (_ for _ in ()).throw(KeyboardInterrupt()))
+            ),
+        )
+    state_file = next((s.adapters_dir / RUNS_DIR).glob("raft-*")) / STATE_JSON
+    state = json.loads(state_file.read_text())
+    assert state["step"] == 4
+    state_file.write_text(json.dumps({**state, "step": 2}))  # bookkeeping from an older save
+    res = train(data, "raft", s, cfg)
+    assert res.resumed_from == 0  # not resumed from a mixed checkpoint

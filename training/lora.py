@@ -215,7 +215,9 @@ def _save_state(run_dir: Path, model: Any, opt: Any, state: dict[str, Any]) -> N
                 tensors[f"opt/{idx}/{k}"] = v.detach().cpu().contiguous().clone()
     tensors["rng/cpu"] = torch.get_rng_state()
     tmp = run_dir / f".{STATE_WEIGHTS}.tmp"
-    save_file(tensors, str(tmp))
+    # The step goes into the tensors' own metadata too: a kill between the two files leaves a
+    # pair that disagrees, and _load_state refuses it instead of mixing two steps.
+    save_file(tensors, str(tmp), metadata={"key": state["key"], "step": str(state["step"])})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     tmp.replace(run_dir / STATE_WEIGHTS)
@@ -232,6 +234,7 @@ def _save_state(run_dir: Path, model: Any, opt: Any, state: dict[str, Any]) -> N
 
 def _load_state(run_dir: Path, model: Any, opt: Any) -> dict[str, Any] | None:
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     sj, sw = run_dir / STATE_JSON, run_dir / STATE_WEIGHTS
@@ -240,8 +243,15 @@ def _load_state(run_dir: Path, model: Any, opt: Any) -> dict[str, Any] | None:
     try:
         state = json.loads(sj.read_text("utf-8"))
         tensors = load_file(str(sw))
+        with safe_open(str(sw), "pt") as f:
+            stamp = f.metadata() or {}
     except Exception as e:  # a damaged checkpoint: start over rather than fail forever
         log.warning("ignoring an unreadable checkpoint in %s: %s", run_dir, e)
+        return None
+    if stamp.get("key") != state.get("key") or stamp.get("step") != str(state.get("step")):
+        log.warning(
+            "ignoring a checkpoint in %s whose two files disagree (killed mid-save)", run_dir
+        )
         return None
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -401,8 +411,8 @@ def _finish_published(run_dir: Path, name: str, store: Any) -> TrainResult | Non
         return None
     info = json.loads(marker.read_text("utf-8"))
     folder = Path(info["folder"])
-    if not folder.is_dir():  # published folder gone: train again
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if not folder.is_dir():  # killed before the rename: resume from the last checkpoint
+        marker.unlink(missing_ok=True)
         return None
     meta = fmt.read_meta(folder)
     row = _register(store, folder, name, meta["version"])
@@ -562,11 +572,14 @@ def _train(
         meta |= extra_meta or {}
         fmt.write_meta(tmp, meta)
         fmt.write_manifest(tmp)
+        # The marker first: a kill right after the rename still finds (and registers) the
+        # published version instead of training another one.
+        atomic_write_text(run_dir / "published.json", json.dumps({"folder": str(final)}))
         fmt.publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        (run_dir / "published.json").unlink(missing_ok=True)
         raise
-    atomic_write_text(run_dir / "published.json", json.dumps({"folder": str(final)}))
     row = _register(store, final, name, version)
     shutil.rmtree(run_dir, ignore_errors=True)
     log.info("published adapter %s v%d at %s", name, version, final)

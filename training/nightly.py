@@ -716,6 +716,12 @@ def _decide(settings: Settings, run_dir: Path, evaluation: dict[str, Any]) -> De
         n_boot=cfg.n_boot,
         seed=cfg.seed,
     )
+    failed = (evaluation.get("candidate") or {}).get("failures") or 0
+    if failed:  # a candidate that cannot answer every question never wins on "equal and cheaper"
+        d.decision, d.rule = "rejected", ""
+        d.reasons.append(
+            f"the candidate failed on {failed} evaluation question(s) (answered by the fallback)"
+        )
     _write_json(run_dir / DECISION_FILE, d.to_dict())
     return d
 

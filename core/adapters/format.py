@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from core.config import is_adapter_path as is_path  # noqa: F401 - re-exported
 from core.retrieval.storage import atomic_write_text, fsync_tree
 
 FORMAT = "armada-adapter/1"

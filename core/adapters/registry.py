@@ -24,6 +24,7 @@ from sqlmodel import select
 
 from core.adapters import format as fmt
 from core.adapters.verify import verify_files
+from core.config import check_name
 from core.errors import AdapterError
 from core.store import Adapter, Store
 
@@ -76,6 +77,12 @@ def register(
     name = name or meta.get("name")
     if not isinstance(name, str) or not name:
         raise AdapterError(f"adapter at {folder}: meta.json names no adapter; pass a name")
+    try:  # it becomes a folder name and, with "_v<N>", a loaded adapter's name
+        check_name(name, "adapter name")
+    except ValueError as e:
+        raise AdapterError(f"adapter at {folder}: {e}") from None
+    if len(name) > 40:
+        raise AdapterError(f"adapter at {folder}: name {name!r} is longer than 40 characters")
     if version is None:
         version = meta.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -139,7 +146,10 @@ def resolve(store: Store, name: str) -> Adapter:
     if promoted is not None:
         return promoted
     registered = [a for a in rows if a.status == REGISTERED]
-    if registered:
+    broken = [a for a in rows if a.status == BROKEN]
+    # A version that broke while serving does not hand its place to an unvetted newer one (a
+    # nightly candidate waiting for its gate): the operator promotes what should serve.
+    if registered and not broken:
         return max(registered, key=lambda a: a.version)
     if rows:
         states = ", ".join(f"v{a.version} {a.status}" for a in rows)
@@ -228,10 +238,13 @@ def remove(
     *,
     delete_files: bool = True,
     force: bool = False,
+    root: Path | None = None,
 ) -> list[Adapter]:
     """Remove ``name`` v``version`` (every version when None) and, by default, its folder.
 
-    A promoted version is refused unless ``force``: arms serve it. Returns the removed rows.
+    A promoted version is refused unless ``force``: arms serve it. With ``root`` (the adapters
+    folder), only folders inside it are deleted: a folder registered from elsewhere is the user's
+    and stays. Returns the removed rows.
     """
     with store.write() as s:
         q = select(Adapter).where(Adapter.name == name)
@@ -251,7 +264,13 @@ def remove(
             s.delete(a)
     if delete_files:
         for a in rows:
-            _delete_folder(Path(a.path), a.name)
+            folder = Path(a.path)
+            if root is not None and not folder.resolve().is_relative_to(Path(root).resolve()):
+                log.warning(
+                    "not deleting %s: it is outside %s (registered from there)", folder, root
+                )
+                continue
+            _delete_folder(folder, a.name)
     return rows
 
 
