@@ -56,6 +56,9 @@ def raft_build(
     ] = 0.0,
     seed: int = 0,
     ft: Annotated[bool, typer.Option("--ft", help="Closed-book Q→A records (the FT arm)")] = False,
+    drop_answer_titled_gold: Annotated[
+        bool, typer.Option(help="Leave out gold passages titled with the answer (PopQA)")
+    ] = False,
 ) -> None:
     """Build RAFT records (or FT records with --ft) from benchmark files."""
     from core.datasets import load_dataset, split
@@ -86,6 +89,7 @@ def raft_build(
                 distractors=distractors,  # type: ignore[arg-type]
                 max_passage_words=max_passage_words,
                 seed=seed,
+                drop_answer_titled_gold=drop_answer_titled_gold,
                 extra={"held_out": held_out},
             )
             retrieve = None

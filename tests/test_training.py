@@ -588,3 +588,20 @@ def test_a_checkpoint_whose_two_files_disagree_is_ignored(home, tiny_model_dir, 
     state_file.write_text(json.dumps({**state, "step": 2}))  # bookkeeping from an older save
     res = train(data, "raft", s, cfg)
     assert res.resumed_from == 0  # not resumed from a mixed checkpoint
+
+
+def test_gold_passages_titled_with_the_answer_can_be_left_out():
+    subject = Passage("p:s", "Aina Kusuda is a Japanese voice actress from Chiba.", "Aina Kusuda")
+    answer_page = Passage("p:a", "Chiba Prefecture is a prefecture of Japan.", "Chiba Prefecture")
+    ex = Example(
+        "1",
+        "In what city was Aina Kusuda born?",
+        ("Chiba Prefecture",),
+        (subject, answer_page),
+        (),
+        "popqa",
+    )
+    kept = build_raft([ex], RaftSettings(p_gold=1.0, k=0, drop_answer_titled_gold=True))[0]
+    assert kept["gold_ids"] == ["p:s"] and kept["passage_ids"] == ["p:s"]
+    both = build_raft([ex], RaftSettings(p_gold=1.0, k=0))[0]
+    assert sorted(both["passage_ids"]) == ["p:a", "p:s"]

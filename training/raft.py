@@ -19,6 +19,7 @@ hash of the data (``write_raft``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -58,6 +59,10 @@ class RaftSettings:
     """Passages are cut to this many words (None: whole), at training and at answer time alike."""
     system: str = RAFT_SYSTEM
     seed: int = 0
+    drop_answer_titled_gold: bool = False
+    """Leave out gold passages whose title *is* the answer (PopQA's paragraphs include the answer
+    entity's own page): they teach "answer = a passage title", which fails at test time when the
+    retriever does not bring that page."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -172,6 +177,10 @@ def build_raft(
         if not ex.answers or not ex.answers[0].strip():
             continue
         rng = _rng(s.seed, f"{ex.dataset}:{ex.id}")
+        if s.drop_answer_titled_gold:
+            answers = {a.strip().lower() for a in ex.answers}
+            kept = tuple(p for p in ex.gold if p.title.strip().lower() not in answers)
+            ex = dataclasses.replace(ex, gold=kept or ex.gold)
         keep_gold = bool(ex.gold) and rng.random() < s.p_gold
         n = s.k if keep_gold else s.k + len(ex.gold)
         docs = _distractors(ex, n, s, rng, pool, retrieve)
