@@ -71,6 +71,9 @@ agent = "multi_lora_raft"
 options = { experts = { hotpotqa = "raft_hotpotqa", popqa = "raft_popqa", pubmedqa = "raft_pubmedqa" }, router = "prototype", prototypes = "$W/router/prototypes.json", mode = "top1" }
 TOML
 
+# Follow-up measured the same day: the PopQA expert rebuilt without the answer-entity gold pages
+#   armada raft build -d "$POPQA" $RAFT --drop-answer-titled-gold --out "$W/popqa_subject.jsonl"
+#   armada train "$W/popqa_subject.jsonl" --name raft_popqa --kind raft_expert $TRAIN   (then promote v2)
 EVAL=(--dataset "hotpotqa:$D/hotpotqa/dev_distractor.json" --dataset "$POPQA" --dataset "$PUBMED")
 .venv/bin/python -m evals.router_accuracy --routers "$W/router" --n 100 "${EVAL[@]}" --out "$W/router_accuracy.json"
 $A eval --arms closed_book,rag,ft,raft,multi_lora_raft "${EVAL[@]}" --n "$N" --seed 0 --out "$W/eval"
