@@ -76,7 +76,7 @@ from sqlmodel import select
 
 from core.adapters import format as fmt
 from core.adapters import registry
-from core.config import ArmConfig, RouterConfig, Settings, StoreConfig
+from core.config import ArmConfig, RouterConfig, Settings, StoreConfig, is_adapter_path
 from core.errors import AdapterError, ArmadaError, InputError
 from core.retrieval.storage import atomic_write_text
 from core.store import Adapter, EvalRun, Store
@@ -309,7 +309,7 @@ def _target(settings: Settings, store: Store, arm_name: str) -> _Target:
             f"adapter of a {' or '.join(SUPPORTED_AGENTS)} arm"
         )
     adapter = arm.adapter or arm.agent  # the agents' default adapter names are their own names
-    if "/" in adapter or adapter.startswith((".", "~")):
+    if is_adapter_path(adapter):
         raise InputError(
             f"arm {arm_name!r} serves the adapter folder {adapter}; nightly retraining needs a "
             "registered adapter name (`armada adapters register FOLDER --name NAME`)"

@@ -213,22 +213,8 @@ def roll_back(store: Store, name: str) -> Adapter:
 
 def set_status(store: Store, name: str, version: int, status: str, reason: str = "") -> Adapter:
     """Set the status of ``name`` v``version``; ``reason`` goes to ``metrics["status_reason"]``."""
-    _check_status(status)
     with store.write() as s:
-        q = select(Adapter).where(Adapter.name == name, Adapter.version == version)
-        row = s.exec(q).first()
-        if row is None:
-            raise AdapterError(f"no adapter {name!r} version {version}")
-        if status == PROMOTED:
-            _retire_promoted(s, name, keep=row)
-        metrics = dict(row.metrics or {})  # a new dict, so the JSON column is written
-        if reason:
-            metrics["status_reason"] = reason
-        else:
-            metrics.pop("status_reason", None)
-        row.status, row.metrics = status, metrics
-        s.add(row)
-    return row
+        return set_status_in(s, name, version, status, reason=reason)
 
 
 def remove(
