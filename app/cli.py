@@ -76,6 +76,29 @@ def prepare() -> None:
         with console.status(f"preparing model {name!r} (first time: about a minute)…"):
             path = ensure_local_model(cfg.model, s.model_cache_dir)
         console.print(f"model [bold]{name}[/]: {path}")
+    _build_kernels(s)
+
+
+def _build_kernels(s: Settings) -> None:
+    """Compile the CPU kernels the local models will use now, not on the first question."""
+    local = [cfg for cfg in s.models.values() if cfg.backend == "local"]
+    wanted = []
+    if any(cfg.fused_decode for cfg in local):
+        from core.models import fused
+
+        wanted.append(("fused decode", fused.kernel))
+    if any(cfg.quantization == "int8" for cfg in local):
+        from core.models import quant
+
+        wanted.append(("int8 linear", quant.kernel))
+    for label, build in wanted:
+        with console.status(f"building the {label} kernel (first time: under a minute)…"):
+            try:
+                module = build()
+            except ArmadaError as e:
+                console.print(f"[yellow]{label} kernel unavailable[/]: {e} (slower fallback used)")
+                continue
+        console.print(f"{label} kernel: {module.isa()}")
 
 
 @app.command()
@@ -231,9 +254,18 @@ def doctor() -> None:
         finally:
             st.close()
 
+    def decode_kernel() -> str:
+        cfg = s.models["default"]
+        if cfg.backend != "local" or not cfg.fused_decode:
+            return "off (transformers' generate)"
+        from core.models import fused
+
+        return f"fused decode kernel built ({fused.kernel().isa()})"
+
     row("database", database)
     row("corpus", corpus)
     row("default model", model)
+    row("decode", decode_kernel)
     row("adapters", adapters)
     versions = []
     for dist in ("torch", "transformers", "peft", "langgraph", "chromadb", "bm25s", "streamlit"):

@@ -93,6 +93,11 @@ class ModelConfig(BaseModel):
     """0 means greedy decoding."""
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads for the local backend; default: torch's own choice."""
+    fused_decode: bool = True
+    """Local CPU models: decode each token in one C++ call (``core.models.fused``; ~3x faster
+    fp32, ~5x int8) when the model, sampling and adapter allow it; prefill stays transformers'.
+    The kernel is compiled on first use (~30 s, cached); without a compiler, transformers'
+    ``generate`` runs instead. false: always transformers' ``generate``."""
     base_url: str | None = None
     api_key: str | None = None
     adapter_models: dict[str, str] = Field(default_factory=dict)

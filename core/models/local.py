@@ -71,12 +71,17 @@ class _Mixture:
 class LocalChatModel(ChatModel):
     """A transformers causal LM on this machine (CPU fp32, or CUDA with optional 4/8-bit).
 
-    ``cpu_weights`` picks how a CPU model stores its linear layers: ``"fp32"`` (column-major wide
-    layers), or ``"int8"``: weight-only int8 with an fp32 scale and offset per 32 weights
-    (``core.models.quant``), ~3.2x fewer bytes per decoded token and bit-for-bit the weights of the
-    packaged GGUF; activations and adapters stay fp32. If its C++ kernel cannot be built here,
-    the model falls back to fp32 with a warning (``info()["weights"]`` says which is in use).
-    ``None`` (default): ``"int8"`` when ``config.quantization == "int8"``, else ``"fp32"``.
+    ``cpu_weights`` picks how a CPU model stores its linear layers: ``"fp32"``, or ``"int8"``:
+    weight-only int8 with an fp32 scale and offset per 32 weights (``core.models.quant``), ~3.2x
+    fewer bytes per decoded token and bit-for-bit the weights of the packaged GGUF; activations
+    and adapters stay fp32. If its C++ kernel cannot be built here, the model falls back to fp32
+    with a warning (``info()["weights"]`` says which is in use). ``None`` (default): ``"int8"``
+    when ``config.quantization == "int8"``, else ``"fp32"``.
+
+    On the CPU, ``generate`` decodes greedily on ``core.models.fused`` (one C++ call per token,
+    adapters and mixtures included) when ``config.fused_decode`` is on and the model and adapter
+    allow it; ``info()["decode"]`` says which path runs and ``info()["decode_note"]`` why not.
+    Without it, fp32 wide layers are stored column-major (faster transformers decode steps).
     """
 
     backend = "local"
@@ -101,6 +106,9 @@ class LocalChatModel(ChatModel):
             "int8" if config.quantization == "int8" else "fp32"
         )
         self._weights: str | None = None  # what the loaded linear layers hold: fp32, int8, ...
+        self._fused: Any = None  # a core.models.fused.FusedDecoder when that path can run
+        self._fused_note: str | None = None  # why it can't, when it can't
+        self._fused_adapters: dict[str, str | None] = {}  # adapter -> why not fused (None: fine)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -176,7 +184,9 @@ class LocalChatModel(ChatModel):
             )
 
     def _prepare_cpu_weights(self, model: Any) -> str:
-        """Lay out an fp32 CPU model's linear weights for decoding; returns what they hold."""
+        """Lay out an fp32 CPU model's linear weights for decoding and set up fused decoding;
+        returns what the weights hold."""
+        weights = "float32"
         if self._cpu_weights == "int8":
             from core.models import quant
 
@@ -186,9 +196,22 @@ class LocalChatModel(ChatModel):
                 log.warning("%s; %s stays in fp32", e, self.name)
             else:
                 log.info("%s: %d linear layers in int8 (weight-only)", self.name, count)
-                return "int8"
-        hf.column_major_linears(model)
-        return "float32"
+                weights = "int8"
+        if self.config.fused_decode:
+            from core.models import fused
+
+            try:
+                self._fused = fused.FusedDecoder(model)  # reads the row-major weights in place
+            except ModelError as e:
+                self._fused_note = str(e)
+                log.warning("%s: %s; decoding with transformers' generate", self.name, e)
+            else:
+                log.info("%s: fused decoding (%s kernel)", self.name, fused.kernel().isa())
+        else:
+            self._fused_note = "fused_decode is off in the model's configuration"
+        if self._fused is None and weights == "float32":
+            hf.column_major_linears(model)  # faster transformers decode steps
+        return weights
 
     def _load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
@@ -220,6 +243,9 @@ class LocalChatModel(ChatModel):
         with _GENERATION_LOCK:
             self.load()
             streamer = hf.callback_streamer(self.tokenizer, on_token) if on_token else None
+            temp = self.config.temperature if temperature is None else temperature
+            if self._fused_unfit(adapter, temp) is None:
+                return self._generate_fused(prompt, adapter, max_new_tokens, streamer, cancel)
             return self._generate_rows(
                 [prompt], [adapter], max_new_tokens, temperature, streamer=streamer, cancel=cancel
             )[0]
@@ -260,6 +286,77 @@ class LocalChatModel(ChatModel):
         # A base model without a template: a plain transcript ending where the reply begins.
         lines = [f"{d['role'].capitalize()}: {d['content']}" for d in dicts]
         return "\n".join([*lines, "Assistant:"])
+
+    def _fused_unfit(self, adapter: str | None, temperature: float) -> str | None:
+        """Why one greedy generation with ``adapter`` cannot take the fused path (None: it can)."""
+        if self._fused is None:
+            return self._fused_note or "not a CPU model"
+        if temperature > 0:
+            return "sampling (temperature > 0) runs on transformers' generate"
+        if adapter is None:
+            return None
+        self._check_adapter(adapter)
+        if adapter not in self._fused_adapters:
+            self._fused_adapters[adapter] = self._fused.adapter_supported(self._model, adapter)
+        return self._fused_adapters[adapter]
+
+    def _generate_fused(
+        self,
+        prompt: str,
+        adapter: str | None,
+        max_new_tokens: int | None,
+        streamer: Any,
+        cancel: threading.Event | None,
+    ) -> Generation:
+        """One greedy generation on ``core.models.fused``: transformers prefill, then one C++
+        call per token. Same results (text, usage, finish reason) as ``_generate_rows``."""
+        import torch
+
+        tokenizer = self.tokenizer
+        templated = bool(getattr(tokenizer, "chat_template", None))
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)["input_ids"]
+        limit = max_new_tokens or self.config.max_new_tokens
+        eos = hf.eos_ids(self._model, tokenizer)
+        forward_kwargs = {"adapter_names": [adapter or BASE_ADAPTER]} if self._adapters else {}
+        if streamer is not None:
+            streamer.put(ids)  # the prompt: a skip_prompt streamer drops it
+
+        def on_ids(token: int) -> None:
+            if streamer is not None:
+                streamer.put(torch.tensor([token]))
+
+        try:
+            new = self._fused.generate(
+                self._model,
+                ids,
+                max_new_tokens=limit,
+                eos=eos,
+                adapter=adapter,
+                forward_kwargs=forward_kwargs,
+                on_ids=on_ids,
+                stop=cancel.is_set if cancel is not None else None,
+                threads=self.config.threads,
+            )
+        except Exception as e:
+            raise ModelError(f"generation with {self.name!r} failed: {e}") from e
+        finally:
+            if streamer is not None:
+                streamer.end()
+        if new and new[-1] in eos:
+            reason = "stop"
+        elif cancel is not None and cancel.is_set():
+            reason = "cancelled"
+        else:
+            reason = "length" if len(new) >= limit else "stop"
+        usage = Usage(int(ids.shape[1]), len(new))
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(text, usage, self.name, adapter, reason)
+
+    def _adapters_changed(self) -> None:
+        """Adapters were attached, dropped or mixed: the fused path re-reads them when used."""
+        self._fused_adapters.clear()
+        if self._fused is not None:
+            self._fused.forget_adapters()
 
     def _generate_rows(
         self,
@@ -350,6 +447,7 @@ class LocalChatModel(ChatModel):
             self._model.eval()
             _use_run_forward(self._model)
             self._adapters[name] = folder
+            self._adapters_changed()
             log.info("loaded adapter %s from %s", name, folder)
 
     def unload_adapter(self, name: str) -> None:
@@ -364,6 +462,7 @@ class LocalChatModel(ChatModel):
             for mixture in [m for m, mix in self._mixtures.items() if name in mix.experts]:
                 self._drop_mixture(mixture)
             del self._adapters[name]
+            self._adapters_changed()
             if self._adapters:
                 self._delete_peft_adapter(name)
             else:  # the last one: take the LoRA layers out again, back to the plain model
@@ -494,11 +593,13 @@ class LocalChatModel(ChatModel):
                 f"their layers (first: {missing[0]}); mix adapters with the same layer layout"
             )
         _use_run_forward(model)
+        self._adapters_changed()
         log.info("mixed adapters %s into %s", dict(key), name)
 
     def _drop_mixture(self, name: str) -> None:
         del self._mixtures[name]
         self._delete_peft_adapter(name)
+        self._adapters_changed()
         log.info("dropped mixture %s", name)
 
     def _delete_peft_adapter(self, name: str) -> None:
@@ -530,6 +631,8 @@ class LocalChatModel(ChatModel):
             "params": self._params or None,
             "dtype": str(placement.dtype).removeprefix("torch.") if placement else None,
             "weights": self._weights,
+            "decode": "fused" if self._fused is not None else "transformers",
+            "decode_note": self._fused_note,
             "device": placement.device if placement else None,
             "quantization": self.config.quantization,
             "adapters": {name: str(path) for name, path in sorted(self._adapters.items())},

@@ -13,11 +13,14 @@ prompt, and greedy decode tokens/s over ``--tokens`` new tokens after a warmup, 
 of the default model (SmolLM2-135M-Instruct):
 
 - ``plain HF``: ``AutoModelForCausalLM.from_pretrained`` (fp32) + ``generate``, nothing else;
-- ``fp32``: the model as ``LocalChatModel(cpu_weights="fp32")`` loads it (column-major wide linear
-  weights, threads from ``--threads``, ``torch.inference_mode``);
+- ``fp32``: the default, as ``LocalChatModel(cpu_weights="fp32")`` decodes: transformers prefill,
+  then one C++ call per token (``core.models.fused``), threads from ``--threads``;
 - ``int8``: ``LocalChatModel(cpu_weights="int8")``: weight-only int8 linear layers with an fp32
   scale and offset per 32 weights (``core.models.quant``; bit-for-bit the GGUF's Q4_1/Q8_0 values,
-  so its greedy outputs match fp32's, which the script checks on a short generation).
+  so its greedy outputs match fp32's, which the script checks on a short generation), decoded
+  on the same fused path;
+- ``int8 HF``: that int8 model through transformers' ``generate`` (the path before fused
+  decoding; adapters it cannot run, DoRA for one, and sampling still take it).
 
 Decode speed is timed between the first and the last new token (prefill excluded), best of
 ``--repeats`` runs, the variants interleaved so background load hits both alike. The machine's
@@ -103,6 +106,20 @@ def decode_tok_s(model: Any, ids: torch.Tensor, tokens: int, pad_id: int) -> flo
     return (len(steps) - 1) / (steps[-1] - steps[0])
 
 
+def decode_tok_s_fused(backend: LocalChatModel, ids: torch.Tensor, tokens: int) -> float:
+    """The same measure on the fused path: between the first and the last new token."""
+    times: list[float] = []
+    backend._fused.generate(
+        backend.hf_model,
+        ids,
+        max_new_tokens=tokens,
+        eos=set(),  # no early end of sequence: always the same amount of work
+        on_ids=lambda _token: times.append(time.perf_counter()),
+        threads=backend.config.threads,
+    )
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
 def chat_prompt(backend: LocalChatModel, n_tokens: int) -> torch.Tensor:
     tok = backend.tokenizer
     text = PARAGRAPH * (n_tokens // 30 + 2)
@@ -132,9 +149,16 @@ def main(argv: list[str] | None = None) -> None:
             f"model      {backend.path}  ({weights} load {time.perf_counter() - started:.1f} s, "
             f"weights {backend.info()['weights']})"
         )
+    for weights, backend in backends.items():
+        if backend.info()["decode"] != "fused":
+            sys.exit(f"{weights}: no fused decoding here ({backend.info()['decode_note']})")
     backend = backends["fp32"]
     plain = AutoModelForCausalLM.from_pretrained(backend.path, dtype=torch.float32).eval()
-    variants = {"plain HF": plain, **{w: b.hf_model for w, b in backends.items()}}
+    variants = {
+        "plain HF": plain,
+        **{w: b.hf_model for w, b in backends.items()},
+        "int8 HF": backends["int8"].hf_model,
+    }
     weight_bytes = {name: bytes_read_per_token(model) for name, model in variants.items()}
 
     long_ids = chat_prompt(backend, args.prompt_tokens)
@@ -145,15 +169,20 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {os.getloadavg()[0]:.2f}"
     )
 
-    for model in variants.values():  # warm up: allocator, thread pool, kernels
-        decode_tok_s(model, short_ids, 8, pad)
+    def decode(name: str, tokens: int) -> float:
+        if name in backends:
+            return decode_tok_s_fused(backends[name], short_ids, tokens)
+        return decode_tok_s(variants[name], short_ids, tokens, pad)
+
+    for name in variants:  # warm up: allocator, thread pools, kernels
+        decode(name, 8)
     bandwidth = read_bandwidth_gbs()
     prefill = {name: 0.0 for name in variants}
-    decode = {name: 0.0 for name in variants}
+    speed = {name: 0.0 for name in variants}
     for _ in range(args.repeats):
         for name, model in variants.items():
             prefill[name] = max(prefill[name], prefill_tok_s(model, long_ids, 1))
-            decode[name] = max(decode[name], decode_tok_s(model, short_ids, args.tokens, pad))
+            speed[name] = max(speed[name], decode(name, args.tokens))
     bandwidth = max(bandwidth, read_bandwidth_gbs())
 
     question = [{"role": "user", "content": "Tell me about Paris."}]
@@ -164,7 +193,10 @@ def main(argv: list[str] | None = None) -> None:
         gens[weights] = (gen, gen.usage.completion_tokens / (time.perf_counter() - gen_start))
 
     print(f"bandwidth  {bandwidth:.1f} GB/s read (best sum over 1 GiB)")
-    print(f"prompt     {long_ids.shape[1]} tokens prefill, {args.tokens} tokens decode (greedy)")
+    print(
+        f"prompt     {long_ids.shape[1]} tokens prefill; decode {args.tokens} tokens (greedy) "
+        f"after a {short_ids.shape[1]}-token prompt"
+    )
     print("bound      bandwidth / bytes read per decoded token, per variant")
     print(
         f"{'variant':<10} {'MB/token':>9} {'bound tok/s':>12} {'prefill tok/s':>14} "
@@ -174,16 +206,17 @@ def main(argv: list[str] | None = None) -> None:
         bound = bandwidth * 1e9 / weight_bytes[name]
         print(
             f"{name:<10} {weight_bytes[name] / 1e6:>9.1f} {bound:>12.1f} {prefill[name]:>14.0f} "
-            f"{decode[name]:>13.1f} {decode[name] / bound:>9.0%}"
+            f"{speed[name]:>13.1f} {speed[name] / bound:>9.0%}"
         )
-    for name in backends:
+    for name in [*backends, "int8 HF"]:
         print(
             f"{name} / plain HF: prefill x{prefill[name] / prefill['plain HF']:.2f}, "
-            f"decode x{decode[name] / decode['plain HF']:.2f}"
+            f"decode x{speed[name] / speed['plain HF']:.2f}"
         )
     print(
         f"int8 / fp32: prefill x{prefill['int8'] / prefill['fp32']:.2f}, "
-        f"decode x{decode['int8'] / decode['fp32']:.2f}"
+        f"decode x{speed['int8'] / speed['fp32']:.2f}; "
+        f"int8 fused / int8 HF: decode x{speed['int8'] / speed['int8 HF']:.2f}"
     )
     for weights, (gen, tok_s) in gens.items():
         print(

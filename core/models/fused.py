@@ -1,0 +1,364 @@
+"""Fused CPU decoding: a whole decode step of a Llama-family model in one C++ call.
+
+A decode step of SmolLM2-135M reads ~540 MB of fp32 weights: ~16 ms at the ~33 GB/s two cores
+reach here. transformers' eager forward and ``generate`` spend ~40 ms more on each token (about a
+thousand small torch ops, Python, cache bookkeeping), so decoding ran at ~27% of the bandwidth
+bound. ``FusedDecoder`` runs the prompt through the transformers model as before (one batched
+forward: prefill is compute-bound and torch does it well), copies its KV cache, then decodes
+each further token with a single call into ``fused_kernel.cpp``: all layers, the final norm and
+the head, on a persistent thread pool with spinning barriers between dependent stages. It reads
+the model's own weight tensors in place (fp32 row-major, or the int8 layers of
+``core.models.quant``), so it costs no extra memory beyond its KV cache.
+
+Scope: one sequence (batch size 1), Llama/Mistral/Qwen2-shaped decoders (RMSNorm, rotary
+embeddings from the model's own rotary module, grouped-query attention, SiLU-gated MLP, optional
+q/k/v/o/MLP biases, no sliding window), optional LoRA adapters on the linear layers (peft's
+``base(x) + scaling * B(A(x))``, with no dropout at inference). Anything else (batches,
+sampling, DoRA, adapters on embeddings, other architectures) takes transformers' own path:
+``unsupported()`` says why. The numbers match transformers up to float summation order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+_EXTENSION_NAME = "armada_fused_decode_v3"
+_SOURCE = Path(__file__).with_name("fused_kernel.cpp")
+
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+"""``config.model_type`` values whose decoder layers this path reproduces."""
+
+_kernel: Any = None
+_kernel_error: str | None = None
+_kernel_lock = threading.Lock()
+
+
+def kernel() -> Any:
+    """The compiled extension (built on the first call with the system C++ compiler, ~1 min, then
+    cached by torch under ``TORCH_EXTENSIONS_DIR``); ModelError if it cannot be built here."""
+    global _kernel, _kernel_error
+    if _kernel is not None:
+        return _kernel
+    with _kernel_lock:
+        if _kernel is None and _kernel_error is None:
+            try:
+                from torch.utils.cpp_extension import load_inline
+
+                _kernel = load_inline(
+                    _EXTENSION_NAME,
+                    cpp_sources=_SOURCE.read_text(encoding="utf-8"),
+                    extra_cflags=["-O3", "-march=native"],
+                    verbose=False,
+                )
+                log.info("fused decode kernel ready (%s)", _kernel.isa())
+            except Exception as e:  # no compiler, no ninja, unsupported platform, ...
+                _kernel_error = f"{type(e).__name__}: {e}".strip()[:2000]
+        if _kernel is None:
+            raise ModelError(f"the fused decode kernel could not be built: {_kernel_error}")
+    return _kernel
+
+
+def kernel_available() -> bool:
+    """Whether the fused kernel builds/loads here (builds it on the first call)."""
+    try:
+        kernel()
+    except ModelError:
+        return False
+    return True
+
+
+def _decoder_model(model: Any) -> Any:
+    """The transformers causal LM inside ``model`` (a PeftModel's base model, or itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
+
+
+def _base_linear(module: Any) -> Any:
+    """The plain linear layer under a peft LoRA wrapper (or the module itself)."""
+    return getattr(module, "base_layer", module)
+
+
+def unsupported(model: Any) -> str | None:
+    """Why ``model`` cannot decode on the fused path (None: it can)."""
+    import torch
+
+    from core.models.quant import int8_linear_class
+
+    lm = _decoder_model(model)
+    config = getattr(lm, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in ARCHITECTURES:
+        return f"model type {kind!r} is not one of {', '.join(ARCHITECTURES)}"
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return "sliding-window attention"
+    if getattr(config, "final_logit_softcapping", None) or getattr(
+        config, "attn_logit_softcapping", None
+    ):
+        return "logit soft-capping"
+    inner = getattr(lm, "model", None)
+    layers = getattr(inner, "layers", None)
+    if inner is None or layers is None or not hasattr(inner, "rotary_emb"):
+        return "no model.layers / rotary_emb"
+    int8 = int8_linear_class()
+    linears = [_base_linear(lm.lm_head)]
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if any(hasattr(attn, n) for n in ("q_norm", "k_norm")):
+            return "q/k norms in attention"
+        linears += [
+            _base_linear(getattr(attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+        ]
+        linears += [_base_linear(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")]
+    for lin in linears:
+        if type(lin) is int8:
+            continue
+        if type(lin) is not torch.nn.Linear:
+            return f"linear layer of type {type(lin).__name__}"
+        elif lin.weight.dtype != torch.float32 or lin.weight.device.type != "cpu":
+            return f"weights are {lin.weight.dtype} on {lin.weight.device}, not fp32 on the CPU"
+        elif not lin.weight.is_contiguous():
+            return "a weight is not stored row-major"
+    emb = inner.embed_tokens.weight
+    if emb.dtype != torch.float32 or emb.device.type != "cpu":
+        return "the input embedding is not fp32 on the CPU"
+    return None
+
+
+def _lora_parts(module: Any, adapter: str) -> tuple[list[Any], list[Any], list[float]] | None:
+    """(A list, B list, scaling list) of ``adapter`` on a peft LoRA layer; ([], [], []) when the
+    layer has no such adapter; None when it has one this path cannot run."""
+    lora_a = getattr(module, "lora_A", None)
+    if lora_a is None or adapter not in lora_a:
+        return [], [], []
+    if adapter in getattr(module, "lora_variant", {}) or getattr(module, "lora_bias", {}).get(
+        adapter, False
+    ):
+        return None
+    a = lora_a[adapter].weight.detach()
+    b = module.lora_B[adapter].weight.detach()
+    if a.dtype != b.dtype or a.dtype.is_floating_point is False:
+        return None
+    return [a.float().contiguous()], [b.float().contiguous()], [float(module.scaling[adapter])]
+
+
+class FusedDecoder:
+    """Decodes one sequence of ``model`` a token per C++ call (see the module docstring).
+
+    Build it once the model's weights are final (after int8 quantization; adapters may come and
+    go later, they are read per generation). ``generate`` holds no lock: the caller serialises.
+    """
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        reason = unsupported(model)
+        if reason is not None:
+            raise ModelError(f"fused decoding does not support this model: {reason}")
+        module = kernel()
+        lm = _decoder_model(model)
+        config, inner = lm.config, lm.model
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        tensors: list[torch.Tensor] = []
+        empty = torch.empty(0)
+
+        def linear(mod: Any, with_bias: bool = True) -> None:
+            lin = _base_linear(mod)
+            if lin.weight.dtype == torch.int8:
+                tensors.extend([lin.weight, lin.weight_scale, lin.weight_zero])
+            else:
+                tensors.append(lin.weight.detach())
+            if with_bias:
+                tensors.append(lin.bias.detach() if lin.bias is not None else empty)
+
+        with torch.no_grad():
+            tensors.append(inner.embed_tokens.weight.detach())
+            tensors.append(inner.norm.weight.detach())
+            linear(lm.lm_head, with_bias=False)
+            if _base_linear(lm.lm_head).bias is not None:
+                raise ModelError("fused decoding does not support a biased output head")
+            for layer in inner.layers:
+                tensors += [
+                    layer.input_layernorm.weight.detach(),
+                    layer.post_attention_layernorm.weight.detach(),
+                ]
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                    linear(getattr(layer.self_attn, name))
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    linear(getattr(layer.mlp, name))
+        ints = [
+            config.num_hidden_layers,
+            config.hidden_size,
+            heads,
+            kv_heads,
+            head_dim,
+            config.intermediate_size,
+            config.vocab_size,
+        ]
+        self._impl = module.Decoder(tensors, ints, float(config.rms_norm_eps))
+        self._lm = lm
+        self._shape = (config.num_hidden_layers, kv_heads, head_dim)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._adapter: str | None = None
+        self._model_ref = model
+
+    # -- adapters --------------------------------------------------------------------------------
+
+    def adapter_supported(self, model: Any, adapter: str) -> str | None:
+        """Why ``adapter`` of ``model`` (a PeftModel) cannot run here (None: it can)."""
+        found = False
+        for name, module in model.named_modules():
+            if adapter in getattr(module, "lora_embedding_A", {}):
+                return f"adapter {adapter!r} adapts the embeddings ({name})"
+            parts = _lora_parts(module, adapter)
+            if parts is None:
+                return f"adapter {adapter!r} is a LoRA variant (DoRA, LoRA bias, ...) at {name}"
+            found = found or bool(parts[0])
+            if (
+                getattr(module, "modules_to_save", None) is not None
+                and adapter in module.modules_to_save
+            ):
+                return f"adapter {adapter!r} replaces whole modules ({name})"
+        return None if found else f"adapter {adapter!r} has no LoRA layers in this model"
+
+    def _use_adapter(self, model: Any, adapter: str | None) -> None:
+        """Point the kernel's LoRA parts at ``adapter``'s matrices (None: none)."""
+        if adapter == self._adapter:
+            return
+        self._impl.clear_lora()
+        self._adapter = None
+        if adapter is None:
+            return
+        lm = _decoder_model(model)
+        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        for index, layer in enumerate(lm.model.layers):
+            owners = [layer.self_attn] * 4 + [layer.mlp] * 3
+            for j, (owner, name) in enumerate(zip(owners, names, strict=True)):
+                parts = _lora_parts(getattr(owner, name), adapter)
+                if parts is None:
+                    raise ModelError(f"adapter {adapter!r} cannot run on the fused path")
+                if parts[0]:
+                    self._impl.set_lora(7 * index + j, *parts)
+        parts = _lora_parts(lm.lm_head, adapter)
+        if parts is None:
+            raise ModelError(f"adapter {adapter!r} cannot run on the fused path")
+        if parts[0]:
+            self._impl.set_lora(7 * len(lm.model.layers), *parts)
+        self._adapter = adapter
+
+    def forget_adapters(self) -> None:
+        """Drop every reference to adapter matrices (call when adapters are unloaded)."""
+        self._impl.clear_lora()
+        self._adapter = None
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def _ensure_capacity(self, positions: int) -> None:
+        import torch
+
+        capacity = -(-positions // 256) * 256
+        if self._cache is not None and self._cache[0].shape[2] >= positions:
+            return
+        layers, kv_heads, head_dim = self._shape
+        rotary = self._lm.model.rotary_emb
+        with torch.no_grad():
+            ids = torch.arange(capacity).unsqueeze(0)
+            cos, sin = rotary(torch.zeros(1, dtype=torch.float32), ids)
+        self._rope = (cos[0].float().contiguous(), sin[0].float().contiguous())
+        shape = (layers, kv_heads, capacity, head_dim)
+        self._cache = (torch.zeros(shape), torch.zeros(shape))
+        self._impl.set_cache(*self._cache, *self._rope)
+
+    def generate(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos: set[int],
+        adapter: str | None = None,
+        forward_kwargs: dict[str, Any] | None = None,
+        on_ids: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+        threads: int | None = None,
+    ) -> list[int]:
+        """Greedy continuation of ``input_ids`` ([1, T]) by ``model`` (the loaded transformers
+        model or PeftModel this decoder was built from): the new token ids, an end-of-sequence
+        token included when one ended it. ``on_ids`` gets each new id as it is chosen; ``stop``
+        is polled before each step (True ends the generation)."""
+        import torch
+        from transformers import DynamicCache
+
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise ModelError("fused decoding takes one sequence: input_ids of shape [1, T]")
+        prompt_len = int(input_ids.shape[1])
+        if prompt_len < 1 or max_new_tokens < 1:
+            return []
+        self._use_adapter(model, adapter)
+        self._ensure_capacity(prompt_len + max_new_tokens)
+        threads = threads or torch.get_num_threads()
+        with torch.inference_mode():
+            cache = DynamicCache(config=self._lm.config)
+            out = model(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **(forward_kwargs or {}),
+            )
+            keys, values = self._cache
+            for index, layer in enumerate(_cache_layers(out.past_key_values)):
+                k, v = layer
+                keys[index, :, :prompt_len].copy_(k[0])
+                values[index, :, :prompt_len].copy_(v[0])
+            token = int(out.logits[0, -1].argmax())
+            del out, cache
+        new = [token]
+        if on_ids is not None:
+            on_ids(token)
+        pos = prompt_len
+        while token not in eos and len(new) < max_new_tokens and not (stop and stop()):
+            logits = self._impl.step(token, pos, threads)
+            token = int(torch.argmax(logits))
+            new.append(token)
+            pos += 1
+            if on_ids is not None:
+                on_ids(token)
+        return new
+
+    def logits(self, token_ids: Sequence[int], *, threads: int | None = None) -> torch.Tensor:
+        """Next-token logits after each of ``token_ids`` ([len, vocab]), fed one step at a time
+        from position 0 with no adapter (to compare with the transformers forward)."""
+        import torch
+
+        self.forget_adapters()
+        self._ensure_capacity(len(token_ids))
+        rows = []
+        threads = threads or torch.get_num_threads()
+        for pos, token in enumerate(token_ids):
+            rows.append(self._impl.step(int(token), pos, threads).clone())
+        return torch.stack(rows)
+
+
+def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    """(keys, values) per layer of a transformers cache ([batch, kv_heads, T, head_dim] each)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return [(k, v) for k, v in cache]  # legacy tuple-of-tuples caches
