@@ -90,8 +90,9 @@ def test_step_logits_match_transformers(
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
-    # Threads split rows, never a sum: one thread gives the very same numbers.
+    # Threads split rows, never a sum: one or three threads give the very same numbers.
     assert torch.equal(decoder.logits(ids, threads=1), got)
+    assert torch.equal(decoder.logits(ids, threads=3), got)
 
 
 def test_greedy_text_matches_transformers_generate(qwen_dir: Path) -> None:
@@ -180,12 +181,28 @@ def test_adapters_and_mixtures_match_transformers(
     assert fast.generate(messages).text == models[False].generate(messages, adapter=None).text
 
 
-def test_streaming_cancel_and_stop_reasons(tiny_model_dir: Path) -> None:
+def _count_fused(model: LocalChatModel, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A counter of the generations that really take the fused path."""
+    calls = [0]
+    original = model._generate_fused
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_generate_fused", counting)
+    return calls
+
+
+def test_streaming_cancel_and_stop_reasons(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = LocalChatModel(ModelConfig(model=str(tiny_model_dir), max_new_tokens=30), Path("x"))
+    fused_calls = _count_fused(model, monkeypatch)
     messages = _questions()[1]
     deltas: list[str] = []
     streamed = model.generate(messages, on_token=deltas.append)
-    assert model.info()["decode"] == "fused"
+    assert model.info()["decode"] == "fused" and fused_calls == [1]
     assert len(deltas) > 1 and "".join(deltas) == streamed.text == model.generate(messages).text
     assert streamed.finish_reason == "length" and streamed.usage.completion_tokens == 30
 
@@ -202,7 +219,72 @@ def test_streaming_cancel_and_stop_reasons(tiny_model_dir: Path) -> None:
 
     with pytest.raises(ModelError, match="client went away"):
         model.generate(messages, on_token=boom)
+
+    def nested(text: str) -> None:
+        model.generate(messages, max_new_tokens=2)  # would overwrite the running KV cache
+
+    with pytest.raises(ModelError, match="already generating"):
+        model.generate(messages, on_token=nested)
     assert model.generate(messages, max_new_tokens=3).usage.completion_tokens == 3
+    assert model.generate(messages).text == streamed.text
+    assert fused_calls[0] == 8  # the nested call included: it is refused inside
+
+
+def test_end_of_sequence_and_generation_config_parity(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = {
+        on: LocalChatModel(
+            ModelConfig(model=str(tiny_model_dir), max_new_tokens=24, fused_decode=on), Path("x")
+        )
+        for on in (True, False)
+    }
+    fused_calls = _count_fused(models[True], monkeypatch)
+    messages = _questions()[0]
+    free = models[True].generate(messages)
+    fast = models[True]
+    prompt = fast.tokenizer(fast.render(messages), return_tensors="pt", add_special_tokens=False)
+    tokens = fast._fused.generate(fast.hf_model, prompt["input_ids"], max_new_tokens=24, eos=set())
+    stop_id = tokens[len(tokens) // 2]  # a token it writes mid-reply: make it end the reply
+    for model in models.values():
+        model.hf_model.generation_config.eos_token_id = stop_id
+    a, b = models[True].generate(messages), models[False].generate(messages)
+    assert (a.text, a.usage, a.finish_reason) == (b.text, b.usage, b.finish_reason)
+    assert a.finish_reason == "stop" and a.usage.completion_tokens < free.usage.completion_tokens
+    assert fused_calls == [2]
+    # A generation config that is not plain argmax (repetition penalty) keeps transformers' path.
+    for model in models.values():
+        model.hf_model.generation_config.eos_token_id = None
+        model.hf_model.generation_config.repetition_penalty = 1.5
+    assert "repetition_penalty" in models[True]._fused_unfit(None, 0.0)
+    a, b = models[True].generate(messages), models[False].generate(messages)
+    assert (a.text, a.usage) == (b.text, b.usage) and a.text != free.text
+    assert fused_calls == [2]
+
+
+def test_int8_with_adapters_matches_transformers(
+    tiny_model_dir: Path, adapters: dict[str, Path]
+) -> None:
+    from core.models import quant
+
+    if not quant.kernel_available():
+        pytest.skip("no int8 kernel here")
+    models = {
+        on: LocalChatModel(
+            ModelConfig(model=str(tiny_model_dir), max_new_tokens=12, fused_decode=on),
+            Path("x"),
+            cpu_weights="int8",
+        )
+        for on in (True, False)
+    }
+    for model in models.values():
+        model.load_adapter("a", adapters["a"])
+    assert models[True].info()["weights"] == "int8" and models[True].info()["decode"] == "fused"
+    for messages in _questions()[:2]:
+        for adapter in (None, "a"):
+            a = models[True].generate(messages, adapter=adapter)
+            b = models[False].generate(messages, adapter=adapter)
+            assert (a.text, a.usage) == (b.text, b.usage), adapter
 
 
 def test_unsupported_models_and_missing_compiler(
@@ -219,6 +301,18 @@ def test_unsupported_models_and_missing_compiler(
 
     column_major_linears(llama)
     assert "row-major" in fused.unsupported(llama)
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    small = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    small |= {"num_attention_heads": 4, "num_key_value_heads": 2}
+    mistral = MistralForCausalLM(MistralConfig(sliding_window=16, **small))
+    assert "sliding-window" in fused.unsupported(mistral)
+    assert (
+        fused.unsupported(MistralForCausalLM(MistralConfig(sliding_window=None, **small))) is None
+    )
+    rope = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    dynamic = LlamaForCausalLM(LlamaConfig(rope_parameters=rope, **small))
+    assert "'dynamic'" in fused.unsupported(dynamic)
 
     def no_kernel() -> None:
         raise ModelError("the fused decode kernel could not be built: no compiler")

@@ -33,11 +33,54 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_EXTENSION_NAME = "armada_fused_decode_v3"
+_EXTENSION_NAME = "armada_fused_decode_v4"
 _SOURCE = Path(__file__).with_name("fused_kernel.cpp")
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 """``config.model_type`` values whose decoder layers this path reproduces."""
+
+DYNAMIC_ROPE = ("dynamic", "longrope")
+"""RoPE types whose frequencies depend on the sequence length: not precomputable as one table."""
+
+_NONE = (None,)
+_GREEDY_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "num_beams": (None, 1),
+    "num_beam_groups": (None, 1),
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "min_new_tokens": (None, 0),
+    "min_length": (None, 0),
+    "guidance_scale": (None, 1.0),
+    "bad_words_ids": (None, []),
+    "suppress_tokens": (None, []),
+    "begin_suppress_tokens": (None, []),
+    "sequence_bias": (None, {}),
+    "forced_bos_token_id": _NONE,
+    "forced_eos_token_id": _NONE,
+    "exponential_decay_length_penalty": _NONE,
+    "penalty_alpha": _NONE,
+    "dola_layers": _NONE,
+    "watermarking_config": _NONE,
+    "prompt_lookup_num_tokens": _NONE,
+    "assistant_model": _NONE,
+}
+"""Generation settings, and their values under which greedy decoding is plain argmax."""
+
+
+def generation_unfit(generation_config: Any) -> str | None:
+    """Why greedy ``generate`` under this generation config is not plain argmax (None: it is),
+    e.g. a model that ships ``repetition_penalty`` (Qwen2.5-Instruct) keeps transformers' path."""
+    for name, neutral in _GREEDY_NEUTRAL.items():
+        value = getattr(generation_config, name, None)
+        if value not in neutral:
+            return f"the generation config sets {name}={value!r}"
+    return None
+
+
+KEEP_POSITIONS = 4096
+"""A KV cache longer than this is freed after its generation (~190 MB for SmolLM2 at 4096)."""
 
 _kernel: Any = None
 _kernel_error: str | None = None
@@ -102,8 +145,16 @@ def unsupported(model: Any) -> str | None:
         return f"model type {kind!r} is not one of {', '.join(ARCHITECTURES)}"
     if getattr(config, "hidden_act", None) != "silu":
         return f"activation {config.hidden_act!r} is not silu"
-    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()) or (
+        window and (kind == "mistral" or getattr(config, "use_sliding_window", False))
+    ):
         return "sliding-window attention"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in DYNAMIC_ROPE:
+        return f"rope type {rope.get('rope_type', rope.get('type'))!r} changes with the length"
+    if getattr(config, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
     if getattr(config, "final_logit_softcapping", None) or getattr(
         config, "attn_logit_softcapping", None
     ):
@@ -215,25 +266,33 @@ class FusedDecoder:
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._adapter: str | None = None
-        self._model_ref = model
+        self._busy = False
 
     # -- adapters --------------------------------------------------------------------------------
 
     def adapter_supported(self, model: Any, adapter: str) -> str | None:
-        """Why ``adapter`` of ``model`` (a PeftModel) cannot run here (None: it can)."""
+        """Why ``adapter`` of ``model`` (a PeftModel) cannot run here (None: it can): it must be
+        plain LoRA on the decoder's linear layers and the head, nothing else."""
+        lm = _decoder_model(model)
+        targets = {id(lm.lm_head)}
+        for layer in lm.model.layers:
+            targets |= {
+                id(getattr(layer.self_attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+            }
+            targets |= {id(getattr(layer.mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")}
         found = False
         for name, module in model.named_modules():
-            if adapter in getattr(module, "lora_embedding_A", {}):
-                return f"adapter {adapter!r} adapts the embeddings ({name})"
+            holders = [*getattr(module, "adapter_layer_names", ()), "modules_to_save"]
+            if not any(adapter in (getattr(module, h, None) or {}) for h in holders):
+                continue
+            if id(module) not in targets:
+                return f"adapter {adapter!r} changes {name}, not only the linear layers"
             parts = _lora_parts(module, adapter)
             if parts is None:
                 return f"adapter {adapter!r} is a LoRA variant (DoRA, LoRA bias, ...) at {name}"
-            found = found or bool(parts[0])
-            if (
-                getattr(module, "modules_to_save", None) is not None
-                and adapter in module.modules_to_save
-            ):
-                return f"adapter {adapter!r} replaces whole modules ({name})"
+            if not parts[0]:
+                return f"adapter {adapter!r} at {name} is not LoRA"
+            found = True
         return None if found else f"adapter {adapter!r} has no LoRA layers in this model"
 
     def _use_adapter(self, model: Any, adapter: str | None) -> None:
@@ -274,6 +333,8 @@ class FusedDecoder:
         capacity = -(-positions // 256) * 256
         if self._cache is not None and self._cache[0].shape[2] >= positions:
             return
+        self._cache = None  # free the old one before allocating the new one
+        self._impl.clear_cache()
         layers, kv_heads, head_dim = self._shape
         rotary = self._lm.model.rotary_emb
         with torch.no_grad():
@@ -281,7 +342,7 @@ class FusedDecoder:
             cos, sin = rotary(torch.zeros(1, dtype=torch.float32), ids)
         self._rope = (cos[0].float().contiguous(), sin[0].float().contiguous())
         shape = (layers, kv_heads, capacity, head_dim)
-        self._cache = (torch.zeros(shape), torch.zeros(shape))
+        self._cache = (torch.empty(shape), torch.empty(shape))  # a step reads positions <= its own
         self._impl.set_cache(*self._cache, *self._rope)
 
     def generate(
@@ -301,14 +362,48 @@ class FusedDecoder:
         model or PeftModel this decoder was built from): the new token ids, an end-of-sequence
         token included when one ended it. ``on_ids`` gets each new id as it is chosen; ``stop``
         is polled before each step (True ends the generation)."""
-        import torch
-        from transformers import DynamicCache
-
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ModelError("fused decoding takes one sequence: input_ids of shape [1, T]")
         prompt_len = int(input_ids.shape[1])
         if prompt_len < 1 or max_new_tokens < 1:
             return []
+        if self._busy:  # e.g. an on_ids callback generating again: it would overwrite the cache
+            raise ModelError("this model is already generating (a nested generate call?)")
+        self._busy = True
+        try:
+            return self._generate(
+                model,
+                input_ids,
+                max_new_tokens,
+                eos,
+                adapter,
+                forward_kwargs,
+                on_ids,
+                stop,
+                threads,
+            )
+        finally:
+            self._busy = False
+            if self._cache is not None and self._cache[0].shape[2] > KEEP_POSITIONS:
+                self._cache = None  # a long context's cache is not kept between generations
+                self._impl.clear_cache()
+
+    def _generate(
+        self,
+        model: Any,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        eos: set[int],
+        adapter: str | None,
+        forward_kwargs: dict[str, Any] | None,
+        on_ids: Callable[[int], None] | None,
+        stop: Callable[[], bool] | None,
+        threads: int | None,
+    ) -> list[int]:
+        import torch
+        from transformers import DynamicCache
+
+        prompt_len = int(input_ids.shape[1])
         self._use_adapter(model, adapter)
         self._ensure_capacity(prompt_len + max_new_tokens)
         threads = threads or torch.get_num_threads()

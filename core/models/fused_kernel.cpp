@@ -53,11 +53,16 @@ inline void prefetch(const void* p) {
 // ---------------------------------------------------------------------------------------------
 // Threads: a persistent pool (the caller is thread 0) and a spinning barrier.
 
-constexpr int kSpinsBeforeSleep = 1 << 16;  // ~100 us of pause before a worker sleeps
+constexpr int kSpinsBeforeSleep = 1 << 13;  // 0.2-0.5 ms of pause before a worker sleeps
 constexpr int kSpinsBeforeYield = 1 << 12;  // inside a step: yield if the other thread is late
 
 class Barrier {
  public:
+  // Only while no thread waits (at the start of a step): clears a count a fork left behind.
+  void reset() {
+    count_.store(0, std::memory_order_relaxed);
+  }
+
   void wait(int n) {
     if (n <= 1) return;
     const int phase = phase_.load(std::memory_order_acquire);
@@ -83,13 +88,19 @@ class Barrier {
 
 class Pool {
  public:
-  explicit Pool(int n) : n_(n) {
-    for (int i = 1; i < n; ++i) std::thread([this, i] { loop(i); }).detach();
-  }
+  explicit Pool(int n) : n_(n) {}
   int size() const { return n_; }
 
-  // Runs fn(0) here and fn(1..n-1) on the workers; returns when all have finished.
+  // Starts the workers. If a thread cannot be started, the ones already running keep sleeping on
+  // this object: the caller must then never free it (pool_for leaks it) and never run it.
+  void start() {
+    for (int i = 1; i < n_; ++i) std::thread([this, i] { loop(i); }).detach();
+  }
+
+  // Runs fn(0) here and fn(1..n-1) on the workers; returns when all have finished. fn must not
+  // throw. One run at a time per pool (decoders share pools): callers queue on run_mutex_.
   void run(const std::function<void(int)>& fn) {
+    std::lock_guard<std::mutex> running(run_mutex_);
     job_ = &fn;
     done_.store(0, std::memory_order_relaxed);
     {
@@ -132,6 +143,7 @@ class Pool {
   alignas(64) std::atomic<uint64_t> epoch_{0};
   alignas(64) std::atomic<int> done_{0};
   std::mutex mutex_;
+  std::mutex run_mutex_;
   std::condition_variable cv_;
 };
 
@@ -147,7 +159,11 @@ Pool* pool_for(int n) {
     owner = getpid();
   }
   Pool*& pool = pools[n];
-  if (pool == nullptr) pool = new Pool(n);
+  if (pool == nullptr) {
+    auto* fresh = new Pool(n);
+    fresh->start();  // may throw (no more threads): `fresh` is leaked, never used, as it must be
+    pool = fresh;
+  }
   return pool;
 }
 
@@ -507,6 +523,7 @@ class Decoder {
       if (s.size() < want) s.assign(want, 0.f);
     }
     torch::Tensor logits = logits_;
+    barrier_.reset();
     std::function<void(int)> job = [&](int t) { run_step(t, n, pos, logits.data_ptr<float>()); };
     if (n == 1) {
       job(0);
@@ -514,6 +531,11 @@ class Decoder {
       pool_for(n)->run(job);
     }
     return logits;
+  }
+
+  void clear_cache() {
+    kc_ = vc_ = cos_ = sin_ = torch::Tensor();
+    cap_ = 0;
   }
 
   int64_t capacity() const { return cap_; }
@@ -527,7 +549,7 @@ class Decoder {
     return *all[index % 7];
   }
 
-  void run_step(int t, int n, int64_t pos, float* logits) {
+  void run_step(int t, int n, int64_t pos, float* logits) noexcept {
     float* xn = scratch_[t].data();            // [H] this thread's normalised input
     float* scores = xn + H_;                   // [cap] attention scores of one head
     float* lora_t = scores + cap_;             // [max rank] LoRA A x
@@ -624,6 +646,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_cache", &Decoder::set_cache)
       .def("set_lora", &Decoder::set_lora)
       .def("clear_lora", &Decoder::clear_lora)
+      .def("clear_cache", &Decoder::clear_cache)
       .def("step", &Decoder::step, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def("capacity", &Decoder::capacity);
   m.def("isa", &isa);

@@ -202,8 +202,10 @@ class LocalChatModel(ChatModel):
 
             try:
                 self._fused = fused.FusedDecoder(model)  # reads the row-major weights in place
-            except ModelError as e:
-                self._fused_note = str(e)
+            except Exception as e:  # unsupported, no compiler, or a config the kernel refuses
+                self._fused_note = (
+                    str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
+                )
                 log.warning("%s: %s; decoding with transformers' generate", self.name, e)
             else:
                 log.info("%s: fused decoding (%s kernel)", self.name, fused.kernel().isa())
@@ -293,6 +295,11 @@ class LocalChatModel(ChatModel):
             return self._fused_note or "not a CPU model"
         if temperature > 0:
             return "sampling (temperature > 0) runs on transformers' generate"
+        from core.models import fused
+
+        unfit = fused.generation_unfit(self._model.generation_config)
+        if unfit is not None:
+            return unfit
         if adapter is None:
             return None
         self._check_adapter(adapter)
@@ -339,9 +346,8 @@ class LocalChatModel(ChatModel):
             )
         except Exception as e:
             raise ModelError(f"generation with {self.name!r} failed: {e}") from e
-        finally:
-            if streamer is not None:
-                streamer.end()
+        if streamer is not None:
+            streamer.end()  # the last piece of text (not after a failure: the callback failed)
         if new and new[-1] in eos:
             reason = "stop"
         elif cancel is not None and cancel.is_set():
