@@ -283,7 +283,7 @@ def int8_kernel() -> None:
     from core.models import quant
 
     if not quant.kernel_available():  # builds it once (~1 min), then torch caches it
-        pytest.skip(f"the int8 kernel does not build here: {quant._kernel_error}")
+        pytest.skip(f"the int8 kernel does not build here: {quant._EXTENSION.error}")
 
 
 def test_int8_grid_is_exact_for_gguf_blocks_and_close_otherwise(int8_kernel: None) -> None:

@@ -20,18 +20,16 @@ sampling, DoRA, adapters on embeddings, other architectures) takes transformers'
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ModelError
+from core.models.extension import LazyExtension
 
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger(__name__)
 
 _EXTENSION_NAME = "armada_fused_decode_v4"
 _SOURCE = Path(__file__).with_name("fused_kernel.cpp")
@@ -82,34 +80,15 @@ def generation_unfit(generation_config: Any) -> str | None:
 KEEP_POSITIONS = 4096
 """A KV cache longer than this is freed after its generation (~190 MB for SmolLM2 at 4096)."""
 
-_kernel: Any = None
-_kernel_error: str | None = None
-_kernel_lock = threading.Lock()
+_EXTENSION = LazyExtension(
+    _EXTENSION_NAME, "fused decode", lambda: _SOURCE.read_text(encoding="utf-8")
+)
 
 
 def kernel() -> Any:
-    """The compiled extension (built on the first call with the system C++ compiler, ~1 min, then
+    """The compiled extension (built on the first call with the system C++ compiler, ~30 s, then
     cached by torch under ``TORCH_EXTENSIONS_DIR``); ModelError if it cannot be built here."""
-    global _kernel, _kernel_error
-    if _kernel is not None:
-        return _kernel
-    with _kernel_lock:
-        if _kernel is None and _kernel_error is None:
-            try:
-                from torch.utils.cpp_extension import load_inline
-
-                _kernel = load_inline(
-                    _EXTENSION_NAME,
-                    cpp_sources=_SOURCE.read_text(encoding="utf-8"),
-                    extra_cflags=["-O3", "-march=native"],
-                    verbose=False,
-                )
-                log.info("fused decode kernel ready (%s)", _kernel.isa())
-            except Exception as e:  # no compiler, no ninja, unsupported platform, ...
-                _kernel_error = f"{type(e).__name__}: {e}".strip()[:2000]
-        if _kernel is None:
-            raise ModelError(f"the fused decode kernel could not be built: {_kernel_error}")
-    return _kernel
+    return _EXTENSION.load()
 
 
 def kernel_available() -> bool:

@@ -28,16 +28,14 @@ the int8 base and mix per row with ``adapter_names=``. Merging an adapter into t
 
 from __future__ import annotations
 
-import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ModelError
+from core.models.extension import LazyExtension
 
 if TYPE_CHECKING:
     import torch
 
-log = logging.getLogger(__name__)
 
 KERNEL_MAX_ROWS = 16
 """Inputs with at most this many rows use the int8 kernel; longer ones dequantize + fp32 matmul."""
@@ -230,9 +228,9 @@ std::string isa() {
 }
 """
 
-_kernel: Any = None
-_kernel_error: str | None = None
-_kernel_lock = threading.Lock()
+_EXTENSION = LazyExtension(
+    _EXTENSION_NAME, "int8 CPU", lambda: _KERNEL_SOURCE, ["int8_linear", "dequantize", "isa"]
+)
 
 
 def kernel() -> Any:
@@ -241,27 +239,7 @@ def kernel() -> Any:
     The build uses ``-march=native``: the cached binary is for this machine's CPU. Its module has
     ``int8_linear(x, w, s, z, bias)``, ``dequantize(w, s, z)`` and ``isa()`` ("avx512", "avx2" or "generic").
     """
-    global _kernel, _kernel_error
-    if _kernel is not None:
-        return _kernel
-    with _kernel_lock:
-        if _kernel is None and _kernel_error is None:
-            try:
-                from torch.utils.cpp_extension import load_inline
-
-                _kernel = load_inline(
-                    _EXTENSION_NAME,
-                    cpp_sources=_KERNEL_SOURCE,
-                    functions=["int8_linear", "dequantize", "isa"],
-                    extra_cflags=["-O3", "-march=native"],
-                    verbose=False,
-                )
-                log.info("int8 linear kernel ready (%s)", _kernel.isa())
-            except Exception as e:  # no compiler, no ninja, unsupported platform, ...
-                _kernel_error = f"{type(e).__name__}: {e}".strip()[:2000]
-        if _kernel is None:
-            raise ModelError(f"the int8 CPU kernel could not be built: {_kernel_error}")
-    return _kernel
+    return _EXTENSION.load()
 
 
 def kernel_available() -> bool:
@@ -334,7 +312,7 @@ def _int8_linear_class() -> type:
 
         def dequantized_weight(self) -> torch.Tensor:
             """The fp32 weight these int8 values stand for (a new tensor each call)."""
-            return (_kernel or kernel()).dequantize(
+            return (_EXTENSION.module or kernel()).dequantize(
                 self.weight, self.weight_scale, self.weight_zero
             )
 
@@ -345,7 +323,7 @@ def _int8_linear_class() -> type:
             if rows > KERNEL_MAX_ROWS or x.requires_grad:
                 return F.linear(x, self.dequantized_weight(), self.bias)
             flat = x.reshape(rows, self.in_features).contiguous()
-            out = (_kernel or kernel()).int8_linear(
+            out = (_EXTENSION.module or kernel()).int8_linear(
                 flat, self.weight, self.weight_scale, self.weight_zero, self.bias
             )
             return out.view(*x.shape[:-1], self.out_features)
