@@ -311,12 +311,18 @@ def test_huge_weights_give_non_finite_logits(adapters, tmp_path, model):
 # -- a refused adapter leaves the other arms serving ----------------------------------------------
 
 
+def wrong_targets_copy(adapter: Path, tmp_path: Path) -> Path:
+    """A copy of ``adapter`` whose config names other target modules than its weights hold."""
+    broken = copy_of(adapter, tmp_path)
+    edit_config(broken, target_modules=["k_proj"])
+    fmt.write_manifest(broken)
+    return broken
+
+
 def test_refused_load_leaves_other_adapters_serving(adapters, tmp_path, model):
     load_verified(model, "qa", adapters["a"])
     before = logits(model, "qa")
-    broken = copy_of(adapters["b"], tmp_path)
-    edit_config(broken, target_modules=["k_proj"])
-    fmt.write_manifest(broken)
+    broken = wrong_targets_copy(adapters["b"], tmp_path)
 
     with pytest.raises(AdapterError):
         load_verified(model, "other", broken)
@@ -333,9 +339,7 @@ def test_refused_load_leaves_other_adapters_serving(adapters, tmp_path, model):
 def test_refused_new_version_puts_the_served_one_back(adapters, tmp_path, model):
     load_verified(model, "qa", adapters["a"])
     before = logits(model, "qa")
-    broken = copy_of(adapters["b"], tmp_path)
-    edit_config(broken, target_modules=["k_proj"])
-    fmt.write_manifest(broken)
+    broken = wrong_targets_copy(adapters["b"], tmp_path)
     with pytest.raises(AdapterError):
         load_verified(model, "qa", broken)
     assert model.info()["adapters"] == {"qa": str(adapters["a"].resolve())}

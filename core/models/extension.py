@@ -59,3 +59,11 @@ class LazyExtension:
             if self.module is None:
                 raise ModelError(f"the {self.label} kernel could not be built: {self.error}")
         return self.module
+
+    def available(self) -> bool:
+        """Whether the module builds/loads here (builds it on the first call)."""
+        try:
+            self.load()
+        except ModelError:
+            return False
+        return True

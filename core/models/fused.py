@@ -93,11 +93,7 @@ def kernel() -> Any:
 
 def kernel_available() -> bool:
     """Whether the fused kernel builds/loads here (builds it on the first call)."""
-    try:
-        kernel()
-    except ModelError:
-        return False
-    return True
+    return _EXTENSION.available()
 
 
 def _decoder_model(model: Any) -> Any:
@@ -109,6 +105,29 @@ def _decoder_model(model: Any) -> Any:
 def _base_linear(module: Any) -> Any:
     """The plain linear layer under a peft LoRA wrapper (or the module itself)."""
     return getattr(module, "base_layer", module)
+
+
+LAYER_LINEARS = (
+    ("self_attn", "q_proj"),
+    ("self_attn", "k_proj"),
+    ("self_attn", "v_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_proj"),
+    ("mlp", "up_proj"),
+    ("mlp", "down_proj"),
+)
+"""The linear layers of one decoder layer, in the kernel's order (its linear index 7 * layer + j)."""
+
+
+def _linears(lm: Any) -> list[Any]:
+    """Every linear layer of ``lm`` as the model holds it (peft wrappers included), in the
+    kernel's order: each layer's ``LAYER_LINEARS``, then the output head (index 7 * layers)."""
+    mods = [
+        getattr(getattr(layer, owner), name)
+        for layer in lm.model.layers
+        for owner, name in LAYER_LINEARS
+    ]
+    return [*mods, lm.lm_head]
 
 
 def unsupported(model: Any) -> str | None:
@@ -142,17 +161,10 @@ def unsupported(model: Any) -> str | None:
     layers = getattr(inner, "layers", None)
     if inner is None or layers is None or not hasattr(inner, "rotary_emb"):
         return "no model.layers / rotary_emb"
+    if any(hasattr(layer.self_attn, n) for layer in layers for n in ("q_norm", "k_norm")):
+        return "q/k norms in attention"
     int8 = int8_linear_class()
-    linears = [_base_linear(lm.lm_head)]
-    for layer in layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        if any(hasattr(attn, n) for n in ("q_norm", "k_norm")):
-            return "q/k norms in attention"
-        linears += [
-            _base_linear(getattr(attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")
-        ]
-        linears += [_base_linear(getattr(mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")]
-    for lin in linears:
+    for lin in map(_base_linear, _linears(lm)):
         if type(lin) is int8:
             continue
         if type(lin) is not torch.nn.Linear:
@@ -215,21 +227,21 @@ class FusedDecoder:
             if with_bias:
                 tensors.append(lin.bias.detach() if lin.bias is not None else empty)
 
+        linears = _linears(lm)
+        per_layer = len(LAYER_LINEARS)
         with torch.no_grad():
             tensors.append(inner.embed_tokens.weight.detach())
             tensors.append(inner.norm.weight.detach())
             linear(lm.lm_head, with_bias=False)
             if _base_linear(lm.lm_head).bias is not None:
                 raise ModelError("fused decoding does not support a biased output head")
-            for layer in inner.layers:
+            for index, layer in enumerate(inner.layers):
                 tensors += [
                     layer.input_layernorm.weight.detach(),
                     layer.post_attention_layernorm.weight.detach(),
                 ]
-                for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                    linear(getattr(layer.self_attn, name))
-                for name in ("gate_proj", "up_proj", "down_proj"):
-                    linear(getattr(layer.mlp, name))
+                for mod in linears[per_layer * index : per_layer * (index + 1)]:
+                    linear(mod)
         ints = [
             config.num_hidden_layers,
             config.hidden_size,
@@ -242,7 +254,6 @@ class FusedDecoder:
         self._impl = module.Decoder(tensors, ints, float(config.rms_norm_eps))
         self._lm = lm
         self._shape = (config.num_hidden_layers, kv_heads, head_dim)
-        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._adapter: str | None = None
         self._busy = False
@@ -252,13 +263,7 @@ class FusedDecoder:
     def adapter_supported(self, model: Any, adapter: str) -> str | None:
         """Why ``adapter`` of ``model`` (a PeftModel) cannot run here (None: it can): it must be
         plain LoRA on the decoder's linear layers and the head, nothing else."""
-        lm = _decoder_model(model)
-        targets = {id(lm.lm_head)}
-        for layer in lm.model.layers:
-            targets |= {
-                id(getattr(layer.self_attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")
-            }
-            targets |= {id(getattr(layer.mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")}
+        targets = {id(module) for module in _linears(_decoder_model(model))}
         found = False
         for name, module in model.named_modules():
             holders = [*getattr(module, "adapter_layer_names", ()), "modules_to_save"]
@@ -282,21 +287,12 @@ class FusedDecoder:
         self._adapter = None
         if adapter is None:
             return
-        lm = _decoder_model(model)
-        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-        for index, layer in enumerate(lm.model.layers):
-            owners = [layer.self_attn] * 4 + [layer.mlp] * 3
-            for j, (owner, name) in enumerate(zip(owners, names, strict=True)):
-                parts = _lora_parts(getattr(owner, name), adapter)
-                if parts is None:
-                    raise ModelError(f"adapter {adapter!r} cannot run on the fused path")
-                if parts[0]:
-                    self._impl.set_lora(7 * index + j, *parts)
-        parts = _lora_parts(lm.lm_head, adapter)
-        if parts is None:
-            raise ModelError(f"adapter {adapter!r} cannot run on the fused path")
-        if parts[0]:
-            self._impl.set_lora(7 * len(lm.model.layers), *parts)
+        for index, module in enumerate(_linears(_decoder_model(model))):
+            parts = _lora_parts(module, adapter)
+            if parts is None:
+                raise ModelError(f"adapter {adapter!r} cannot run on the fused path")
+            if parts[0]:
+                self._impl.set_lora(index, *parts)
         self._adapter = adapter
 
     def forget_adapters(self) -> None:
@@ -319,10 +315,10 @@ class FusedDecoder:
         with torch.no_grad():
             ids = torch.arange(capacity).unsqueeze(0)
             cos, sin = rotary(torch.zeros(1, dtype=torch.float32), ids)
-        self._rope = (cos[0].float().contiguous(), sin[0].float().contiguous())
         shape = (layers, kv_heads, capacity, head_dim)
         self._cache = (torch.empty(shape), torch.empty(shape))  # a step reads positions <= its own
-        self._impl.set_cache(*self._cache, *self._rope)
+        # (the kernel holds its own references to the cache and the RoPE tables)
+        self._impl.set_cache(*self._cache, cos[0].float().contiguous(), sin[0].float().contiguous())
 
     def generate(
         self,

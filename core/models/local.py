@@ -348,15 +348,28 @@ class LocalChatModel(ChatModel):
             raise ModelError(f"generation with {self.name!r} failed: {e}") from e
         if streamer is not None:
             streamer.end()  # the last piece of text (not after a failure: the callback failed)
-        if new and new[-1] in eos:
-            reason = "stop"
+        return self._finish(new, int(ids.shape[1]), adapter, eos, limit, cancel)
+
+    def _finish(
+        self,
+        new: list[int],
+        prompt_tokens: int,
+        adapter: str | None,
+        eos: set[int],
+        limit: int,
+        cancel: threading.Event | None,
+    ) -> Generation:
+        """The ``Generation`` of the new token ids ``new``: cut after the first end-of-sequence
+        token ("stop"), else "cancelled" or "length" (or "stop" when it ended short of both)."""
+        stop_at = next((i for i, t in enumerate(new) if t in eos), None)
+        if stop_at is not None:
+            new, reason = new[: stop_at + 1], "stop"
         elif cancel is not None and cancel.is_set():
             reason = "cancelled"
         else:
             reason = "length" if len(new) >= limit else "stop"
-        usage = Usage(int(ids.shape[1]), len(new))
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        return Generation(text, usage, self.name, adapter, reason)
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(text, Usage(prompt_tokens, len(new)), self.name, adapter, reason)
 
     def _adapters_changed(self) -> None:
         """Adapters were attached, dropped or mixed: the fused path re-reads them when used."""
@@ -403,20 +416,17 @@ class LocalChatModel(ChatModel):
 
         eos = hf.eos_ids(model, tokenizer)
         width = enc["input_ids"].shape[1]
-        generations = []
-        for row, adapter in enumerate(adapters):
-            new = out[row, width:].tolist()
-            stop_at = next((i for i, t in enumerate(new) if t in eos), None)
-            if stop_at is not None:
-                new, reason = new[: stop_at + 1], "stop"
-            elif cancel is not None and cancel.is_set():
-                reason = "cancelled"
-            else:
-                reason = "length" if len(new) >= limit else "stop"
-            usage = Usage(int(enc["attention_mask"][row].sum()), len(new))
-            text = tokenizer.decode(new, skip_special_tokens=True)
-            generations.append(Generation(text, usage, self.name, adapter, reason))
-        return generations
+        return [
+            self._finish(
+                out[row, width:].tolist(),
+                int(enc["attention_mask"][row].sum()),
+                adapter,
+                eos,
+                limit,
+                cancel,
+            )
+            for row, adapter in enumerate(adapters)
+        ]
 
     # -- adapters --------------------------------------------------------------------------------
 

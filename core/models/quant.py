@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ModelError
 from core.models.extension import LazyExtension
 
 if TYPE_CHECKING:
@@ -244,11 +243,7 @@ def kernel() -> Any:
 
 def kernel_available() -> bool:
     """Whether the int8 kernel builds/loads here (builds it on the first call)."""
-    try:
-        kernel()
-    except ModelError:
-        return False
-    return True
+    return _EXTENSION.available()
 
 
 GROUP_SIZE = 32
